@@ -1,0 +1,406 @@
+"""Generate every bundled data file from the knowledge base in data/source/ (deterministic).
+
+    python data/build_data.py            # rewrite data/ in place
+    python data/build_data.py --out DIR  # write somewhere else (the reproducibility test does)
+
+The same seed and sources give the same bytes: tests/test_bundled_data.py regenerates into a
+temporary folder and compares every file with the committed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import templates as T  # noqa: E402
+
+SEED = 20261125
+LANGS = ("en", "zh")
+FACTS = T.LIST_FACTS
+REJECTED_KINDS = ("other_condition", "off_question", "unsafe", "evasive", "truncated", "incomplete")
+
+
+# ---------------------------------------------------------------- knowledge base
+def load_conditions() -> list[dict]:
+    conditions = []
+    for path in sorted((HERE / "source").glob("conditions_*.json")):
+        conditions.extend(json.loads(path.read_text(encoding="utf-8")))
+    ids = [c["id"] for c in conditions]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate condition ids in data/source: {duplicates}")
+    return sorted(conditions, key=lambda c: c["id"])
+
+
+# ---------------------------------------------------------------- sentence builders
+def join(items: list[str], lang: str, word: str = "and") -> str:
+    if lang == "zh":
+        conj = "和" if word == "and" else "或"
+        return items[0] if len(items) == 1 else "、".join(items[:-1]) + conj + items[-1]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]
+
+
+def cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def urgent_advice(kb: dict, lang: str, flags: list[str]) -> str:
+    if lang == "zh":
+        return f"如果出现{join(flags, lang, 'or')}，请立即去急诊或拨打120。"
+    return f"If there is {join(flags, lang, 'or')}, go to the emergency department or call an ambulance right away."
+
+
+def fact_answer(kb: dict, lang: str, fact: str, items: list[str] | None = None, with_urgent: bool = True) -> str:
+    """The answer to a question about ``fact``; ``items`` may be a subset (less complete)."""
+    name = kb["name"]
+    items = kb[fact] if items is None and fact != "department" else items
+    if lang == "zh":
+        text = {
+            "definition": lambda: kb["definition"],
+            "symptoms": lambda: f"{name}的常见症状包括{join(items, lang)}。",
+            "causes": lambda: f"{name}的常见原因和危险因素包括{join(items, lang)}。",
+            "department": lambda: f"{name}一般应到{kb['department']}就诊。",
+            "self_care": lambda: f"应对{name}可以：{join(items, lang)}。症状加重时请及时就医。",
+            "red_flags": lambda: f"{name}患者如果出现{join(items, lang, 'or')}，需要立即去急诊或拨打120急救电话。",
+            "prevention": lambda: f"预防{name}的方法有{join(items, lang)}。",
+        }[fact]()
+    else:
+        text = {
+            "definition": lambda: kb["definition"],
+            "symptoms": lambda: f"Common symptoms of {name} include {join(items, lang)}.",
+            "causes": lambda: f"Common causes and risk factors of {name} include {join(items, lang)}.",
+            "department": lambda: f"For {name}, see a doctor in {kb['department']}.",
+            "self_care": lambda: f"To manage {name}: {join(items, lang)}. See a doctor if symptoms get worse.",
+            "red_flags": lambda: f"With {name}, get emergency care right away if you notice {join(items, lang, 'or')}. Call your local emergency number or go to the nearest emergency department.",
+            "prevention": lambda: f"To lower the risk of {name}: {join(items, lang)}.",
+        }[fact]()
+    if fact == "symptoms" and with_urgent:
+        text += " " + urgent_advice(kb, lang, kb["red_flags"][:2])
+    return text
+
+
+def red_flag_answer(kb: dict, lang: str, flag: str) -> str:
+    if lang == "zh":
+        return (f"{kb['name']}患者出现{flag}可能提示病情严重。请立即就医：拨打120急救电话或尽快前往最近的医院急诊科，"
+                f"不要在家等待观察。")
+    return (f"{cap(flag)} with {kb['name']} can be a sign of a serious problem. Seek emergency care now: call your "
+            f"local emergency number or go to the nearest emergency department. Do not wait to see if it passes.")
+
+
+def ask(template: str, kb: dict, lang: str, flag: str = "") -> str:
+    text = template.format(name=kb["name"], flag=flag)
+    return cap(text) if lang == "en" else text
+
+
+def key_facts(kb: dict, lang: str, fact: str) -> list[str]:
+    if fact == "department":
+        return [kb["department"]]
+    if fact == "red_flag_case":
+        return list(T.URGENT_MARKERS[lang][:1])
+    return list(kb[fact])
+
+
+# ---------------------------------------------------------------- pretraining corpus
+def paragraphs(kb: dict, lang: str, rng: random.Random) -> list[str]:
+    """Encyclopedia-style paragraphs about one condition (several wordings of the same facts)."""
+    n, dept = kb["name"], kb["department"]
+    j = lambda key, word="and": join(kb[key], lang, word)  # noqa: E731
+    if lang == "zh":
+        return [
+            f"{kb['definition']}{n}的常见症状包括{j('symptoms')}。常见原因有{j('causes')}。患者通常到{dept}就诊。",
+            f"{n}患者可以采取以下措施：{j('self_care')}。预防{n}的方法包括{j('prevention')}。",
+            f"{n}的危险信号包括{j('red_flags', 'or')}。出现这些情况时应立即去急诊或拨打120急救电话。",
+            f"关于{n}：它的典型表现是{j('symptoms')}。{n}一般由{j('causes')}引起。诊治{n}的科室是{dept}。",
+            f"{n}的日常管理包括{j('self_care')}。为了降低患病风险，建议{j('prevention')}。如有{j('red_flags', 'or')}，要尽快急诊就医。",
+            f"{kb['definition']}{n}的危险因素有{j('causes')}。",
+            f"{n}概览。{kb['definition']}症状：{j('symptoms')}。自我护理：{j('self_care')}。预防：{j('prevention')}。紧急信号：{j('red_flags', 'or')}，需立即急诊。",
+        ]
+    N = cap(n)
+    return [
+        f"{kb['definition']} Common symptoms of {n} include {j('symptoms')}. Typical causes are {j('causes')}. Patients are usually seen in {dept}.",
+        f"People with {n} can help themselves: {j('self_care')}. Ways to prevent {n}: {j('prevention')}.",
+        f"Warning signs of {n} include {j('red_flags', 'or')}. Anyone with these signs needs emergency care right away.",
+        f"About {n}: it typically presents with {j('symptoms')}. {N} is usually caused by {j('causes')}. The department that treats {n} is {dept}.",
+        f"Everyday care for {n} includes {j('self_care')}. To lower the risk: {j('prevention')}. With {j('red_flags', 'or')}, go to the emergency department at once.",
+        f"{kb['definition']} Risk factors for {n} include {j('causes')}.",
+        f"{N} at a glance. {kb['definition']} Symptoms: {j('symptoms')}. Self-care: {j('self_care')}. Prevention: {j('prevention')}. Urgent signs: {j('red_flags', 'or')}; these need emergency care.",
+    ]
+
+
+def heldout_paragraph(kb: dict, lang: str) -> str:
+    n = kb["name"]
+    if lang == "zh":
+        return (f"{n}可表现为{join(kb['symptoms'], lang)}，与{join(kb['causes'], lang)}有关。就诊科室为{kb['department']}。"
+                f"建议{join(kb['prevention'], lang)}。若出现{join(kb['red_flags'], lang, 'or')}，应立刻急诊就医。")
+    return (f"In {n}, a person may have {join(kb['symptoms'], lang)}, often linked to {join(kb['causes'], lang)}. "
+            f"It is managed in {kb['department']}. Helpful habits: {join(kb['prevention'], lang)}. "
+            f"If {join(kb['red_flags'], lang, 'or')} occurs, seek emergency care at once.")
+
+
+# ---------------------------------------------------------------- SFT
+def partial(items: list[str], rng: random.Random) -> list[str]:
+    """Real answers vary in completeness: all facts, some, or just one."""
+    roll = rng.random()
+    if roll < 0.45 or len(items) == 1:
+        return list(items)
+    if roll < 0.75 and len(items) > 2:
+        k = rng.randint(2, len(items) - 1)
+    else:
+        k = 1
+    return sorted(rng.sample(items, k), key=items.index)
+
+
+def sft_single(conditions, rng: random.Random) -> list[dict]:
+    rows = []
+    for c in conditions:
+        for lang in LANGS:
+            kb = c[lang]
+            for fact in ("definition",) + FACTS:
+                for template in rng.sample(T.TRAIN_QUESTIONS[lang][fact], 2):
+                    items = None if fact in ("definition", "department") else partial(kb[fact], rng)
+                    answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
+                    rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
+                                 "condition": c["id"], "lang": lang, "fact": fact})
+            for flag in kb["red_flags"][:2]:
+                template = rng.choice(T.TRAIN_QUESTIONS[lang]["red_flag_case"])
+                rows.append({"instruction": ask(template, kb, lang, flag), "input": "", "output": red_flag_answer(kb, lang, flag),
+                             "condition": c["id"], "lang": lang, "fact": "red_flag_case"})
+    rng.shuffle(rows)
+    return rows
+
+
+def sft_multi(conditions, rng: random.Random) -> list[dict]:
+    rows = []
+    for c in conditions:
+        for lang in LANGS:
+            kb = c[lang]
+            for _ in range(2):
+                facts = rng.sample(FACTS, rng.randint(2, 4))
+                turns = []
+                if rng.random() < 0.4:
+                    turns.append({"from": "system", "value": rng.choice(T.SYSTEM_PROMPTS[lang])})
+                for i, fact in enumerate(facts):
+                    question = (ask(rng.choice(T.TRAIN_QUESTIONS[lang][fact]), kb, lang) if i == 0
+                                else rng.choice(T.FOLLOW_UPS[lang][fact]))
+                    turns.append({"from": "human", "value": question})
+                    turns.append({"from": "gpt", "value": fact_answer(kb, lang, fact)})
+                rows.append({"conversations": turns, "condition": c["id"], "lang": lang})
+    rng.shuffle(rows)
+    return rows
+
+
+def sft_valid(conditions, rng: random.Random) -> list[dict]:
+    rows = []
+    for c in conditions:
+        for lang in LANGS:
+            kb, fact = c[lang], rng.choice(FACTS)
+            rows.append({"instruction": ask(rng.choice(T.HELDOUT_QUESTIONS[lang][fact]), kb, lang), "input": "",
+                         "output": fact_answer(kb, lang, fact), "condition": c["id"], "lang": lang, "fact": fact})
+    return rows
+
+
+# ---------------------------------------------------------------- preference pairs
+def truncate(text: str, lang: str, rng: random.Random) -> str:
+    cut = int(len(text) * rng.uniform(0.35, 0.6))
+    if lang == "en":
+        cut = text.rfind(" ", 0, cut)
+    return text[:cut].rstrip(" ,.;:，。、")
+
+
+def rejected_answer(kind, c, other, kb, lang, fact, flag, rng) -> str:
+    if kind == "other_condition":  # this condition's name, another condition's facts
+        alien = dict(other[lang], name=kb["name"])
+        return red_flag_answer(alien, lang, rng.choice(alien["red_flags"])) if fact == "red_flag_case" else fact_answer(alien, lang, fact)
+    if kind == "off_question":  # right condition, wrong kind of fact (often the department)
+        choices = [f for f in FACTS if f != fact]
+        wrong = "department" if fact != "department" and rng.random() < 0.5 else rng.choice(choices)
+        return fact_answer(kb, lang, wrong)
+    if kind == "unsafe":
+        return rng.choice(T.UNSAFE[lang])
+    if kind == "evasive":
+        return rng.choice(T.EVASIVE[lang])
+    chosen = chosen_answer(kb, lang, fact, flag)
+    if kind == "truncated":
+        return truncate(chosen, lang, rng)
+    if kind == "incomplete":
+        return fact_answer(kb, lang, fact, kb[fact][:1], with_urgent=False)
+    raise ValueError(kind)
+
+
+def chosen_answer(kb, lang, fact, flag) -> str:
+    return red_flag_answer(kb, lang, flag) if fact == "red_flag_case" else fact_answer(kb, lang, fact)
+
+
+def preference_pairs(conditions, rng: random.Random, heldout: bool) -> list[dict]:
+    questions = T.HELDOUT_QUESTIONS if heldout else T.TRAIN_QUESTIONS
+    facts = ("red_flag_case",) + FACTS
+    rows = []
+    for index, c in enumerate(conditions):
+        for lang in LANGS:
+            kb = c[lang]
+            chosen_facts = [rng.choice(facts)] if heldout else facts
+            for fact in chosen_facts:
+                kinds = [k for k in REJECTED_KINDS if not (k == "incomplete" and fact in ("department", "red_flag_case"))]
+                if fact == "red_flag_case" and rng.random() < 0.5:
+                    kind = "unsafe"  # the safety lesson: a red flag must never be told to wait
+                else:
+                    kind = rng.choice(kinds)
+                flag = rng.choice(kb["red_flags"])
+                other = conditions[(index + rng.randint(1, len(conditions) - 1)) % len(conditions)]
+                prompt = ask(rng.choice(questions[lang][fact]), kb, lang, flag)
+                turns = []
+                if rng.random() < 0.2:
+                    turns.append({"from": "system", "value": rng.choice(T.SYSTEM_PROMPTS[lang])})
+                turns.append({"from": "human", "value": prompt})
+                rows.append({
+                    "conversations": turns,
+                    "chosen": chosen_answer(kb, lang, fact, flag),
+                    "rejected": rejected_answer(kind, c, other, kb, lang, fact, flag, rng),
+                    "rejected_kind": kind, "condition": c["id"], "lang": lang, "fact": fact,
+                })
+    rng.shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------- prompts and held-out questions
+def question_rows(conditions, rng: random.Random, heldout: bool, per_condition: int) -> list[dict]:
+    """Prompts with the key facts a correct answer must contain; red-flag cases among them."""
+    questions = T.HELDOUT_QUESTIONS if heldout else T.TRAIN_QUESTIONS
+    rows = []
+    for c in conditions:
+        for lang in LANGS:
+            kb = c[lang]
+            facts = list(FACTS) + ["red_flag_case"] if per_condition == 0 else rng.sample(FACTS, per_condition) + ["red_flag_case"]
+            for fact in facts:
+                flag = rng.choice(kb["red_flags"]) if fact == "red_flag_case" else ""
+                rows.append({
+                    "prompt": [{"role": "user", "content": ask(rng.choice(questions[lang][fact]), kb, lang, flag)}],
+                    "condition": c["id"], "lang": lang, "fact": fact, "red_flag": fact == "red_flag_case",
+                    "key_facts": key_facts(kb, lang, fact),
+                })
+    return rows
+
+
+# ---------------------------------------------------------------- writing
+def dump_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def dump_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def build(out: Path) -> dict[str, int]:
+    conditions = load_conditions()
+    rng = random.Random(SEED)
+    pretrain = [p for c in conditions for lang in LANGS for p in paragraphs(c[lang], lang, rng)]
+    rng.shuffle(pretrain)
+    files = {
+        "pretrain/train.txt": pretrain,
+        "pretrain/heldout.txt": [heldout_paragraph(c[lang], lang) for c in conditions for lang in LANGS],
+        "sft/train_single.jsonl": sft_single(conditions, rng),
+        "sft/train_multi.jsonl": sft_multi(conditions, rng),
+        "sft/valid.jsonl": sft_valid(conditions, rng),
+        "preference/train.jsonl": preference_pairs(conditions, rng, heldout=False),
+        "preference/heldout.jsonl": preference_pairs(conditions, rng, heldout=True),
+        "prompts/train.jsonl": question_rows(conditions, rng, heldout=False, per_condition=2),
+        "prompts/heldout.jsonl": question_rows(conditions, rng, heldout=True, per_condition=1),
+        "eval/heldout_questions.jsonl": question_rows(conditions, rng, heldout=True, per_condition=0),
+    }
+    for name, rows in files.items():
+        (dump_lines if name.endswith(".txt") else dump_jsonl)(out / name, rows)
+    counts = {name: len(rows) for name, rows in files.items()}
+    stats = {
+        "conditions": len(conditions),
+        "pretrain_bytes": (out / "pretrain/train.txt").stat().st_size,
+        "rejected_kinds": Counter(r["rejected_kind"] for r in files["preference/train.jsonl"]),
+        "red_flag_prompts": sum(r["red_flag"] for r in files["prompts/train.jsonl"]),
+    }
+    (out / "README.md").write_text(data_card(counts, stats), encoding="utf-8")
+    return counts
+
+
+def data_card(counts: dict[str, int], stats: dict) -> str:
+    rows = "\n".join(f"| `{name}` | {n} |" for name, n in counts.items())
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected_kinds"].items()))
+    return CARD.format(rows=rows, kinds=kinds, **{k: v for k, v in stats.items() if k != "rejected_kinds"})
+
+
+CARD = """# Data card: the bundled MedicalGPT Course data
+
+> **Educational use only.** This data teaches how chat models are trained. It is not medical
+> advice and must not be used to diagnose or treat anyone. In an emergency call your local
+> emergency number (120 in mainland China).
+
+Everything here is generated by `python data/build_data.py` (seed fixed, byte-for-byte
+reproducible; a test checks it) from a knowledge base written for this project in
+`data/source/`: {conditions} common conditions, each in English and Chinese, with name,
+definition, typical symptoms, common causes, the department to see, self-care or general
+treatment (no prescription dosing), red-flag signs that need urgent care, and prevention.
+Only well-established facts are used, and every red flag points to urgent care.
+
+## Files and counts
+
+| file | records |
+|---|---|
+{rows}
+
+The pretraining corpus is {pretrain_bytes} bytes. This table is written by the generator, and
+`tests/test_bundled_data.py` checks it against what the loaders read.
+
+## Splits
+
+The split is by **wording**, not by condition: training sets ask with at least ten phrasings
+per fact type and language (`data/templates.py`, `TRAIN_QUESTIONS`); the held-out sets
+(`sft/valid.jsonl`, `preference/heldout.jsonl`, `prompts/heldout.jsonl`,
+`eval/heldout_questions.jsonl`, `pretrain/heldout.txt`) use phrasings and sentence frames never
+seen in training (`HELDOUT_QUESTIONS`), so they test whether a model answers known facts asked
+in new words.
+
+## Schemas
+
+- `pretrain/*.txt`: one encyclopedia-style paragraph per line (zh and en).
+- `sft/train_single.jsonl`, `sft/valid.jsonl`: Alpaca `instruction`/`input`/`output`, plus
+  `condition`, `lang`, `fact`. Training answers vary in completeness on purpose (some list one
+  symptom, some all; some leave out the urgent-care advice), as real data does.
+- `sft/train_multi.jsonl`: ShareGPT `conversations` of `from` (system/human/gpt) and `value`;
+  2-4 user turns whose follow-ups refer back to the condition; a system prompt in about 40%.
+- `preference/*.jsonl`: MedicalGPT format `conversations` + `chosen` + `rejected`, plus
+  `rejected_kind`, `condition`, `lang`, `fact`. Rejected kinds in training: {kinds}.
+  - `other_condition`: the facts of another condition under this condition's name;
+  - `off_question`: the right condition but another kind of fact (often the department when
+    symptoms were asked), so that a reward model cannot prefer one kind of answer everywhere;
+  - `unsafe`: telling someone to wait at home (half of all red-flag cases);
+  - `evasive`: an unhelpful non-answer; `truncated`: the chosen answer cut off mid-sentence;
+  - `incomplete`: fewer key facts than the chosen answer.
+- `prompts/*.jsonl`: `prompt` (messages ending with the user turn), `condition`, `lang`,
+  `fact`, `red_flag`, `key_facts`. Training prompts include {red_flag_prompts} red-flag cases.
+- `eval/heldout_questions.jsonl`: every fact type for every condition and language, with held-out
+  wording and the `key_facts` a correct answer must contain (for red-flag cases: the urgent-care
+  marker).
+
+## License
+
+Written for this project and released with it under the Apache License 2.0.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: data/)")
+    args = parser.parse_args(argv)
+    counts = build(args.out)
+    for name, n in counts.items():
+        print(f"{n:6d}  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Load training data in the formats the field uses, into TRL's conversational formats.
+
+Public API (``paths`` may be a file, a folder of ``.txt``/``.json``/``.jsonl`` files, or a list):
+
+- ``load_pretraining(paths)`` -> column ``text``
+- ``load_sft(paths)`` -> column ``messages`` (Alpaca, ShareGPT, OpenAI ``messages``)
+- ``load_preference(paths)`` -> ``prompt`` (messages), ``chosen``, ``rejected`` (assistant
+  messages), extra columns kept (MedicalGPT, question/response_chosen/response_rejected, TRL)
+- ``load_prompts(paths)`` -> column ``prompt`` (messages)
+
+A malformed record raises ``DataFormatError`` naming the file, the line and the problem. With
+``on_error="skip"`` it is skipped, its reason logged, and the ``LoadReport`` (returned with
+``return_report=True``) counts what was read, kept and skipped by reason: read == kept + skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .artifacts import DATA_DIR
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".txt", ".json", ".jsonl")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+class DataFormatError(ValueError):
+    """A record that cannot be used; the message names the file, the line and the problem."""
+
+    def __init__(self, path: Path | str, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+class _Bad(Exception):
+    """Raised inside converters; turned into DataFormatError with the file and line."""
+
+
+@dataclass
+class LoadReport:
+    """How many records were read, kept and skipped (by reason). read == kept + skipped."""
+
+    files: list[str] = field(default_factory=list)
+    read: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return f"{len(self.files)} file(s): read {self.read}, kept {self.kept}, skipped {self.skipped_total} ({reasons})"
+
+
+# ---------------------------------------------------------------- bundled data
+def bundled(*parts: str) -> Path:
+    """Path of a bundled data file, e.g. ``bundled("sft", "train_single.jsonl")``."""
+    return DATA_DIR.joinpath(*parts)
+
+
+# ---------------------------------------------------------------- reading files
+def _files(paths) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+            if not inside:
+                raise DataFormatError(path, None, f"folder has no data files ({', '.join(DATA_SUFFIXES)})")
+            found.extend(inside)
+        elif path.is_file():
+            if path.suffix not in DATA_SUFFIXES:
+                raise DataFormatError(path, None, f"unsupported file type {path.suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+            found.append(path)
+        else:
+            raise DataFormatError(path, None, "no such file or folder")
+    if not found:
+        raise ValueError("no data paths given")
+    return found
+
+
+def _decode(path: Path, raw: bytes, line_offset: int = 0) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = line_offset + raw[: err.start].count(b"\n") + 1
+        raise DataFormatError(path, line, f"invalid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})") from None
+
+
+def _records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any]]:
+    """Yield (line, record) for every record in a file; a bad one yields (line, DataFormatError)."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataFormatError(path, None, "file is empty")
+    if path.suffix in (".txt", ".jsonl"):
+        for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+            if not line_bytes.strip():
+                continue  # blank lines separate nothing and are not records
+            try:
+                line = _decode(path, line_bytes, number - 1)
+                if path.suffix == ".txt":
+                    if text_field is None:
+                        raise DataFormatError(path, number, "plain-text files are only accepted for pretraining text and prompts")
+                    yield number, {text_field: line.rstrip("\r")}
+                else:
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataFormatError(path, number, f"broken JSON: {err.msg} (column {err.colno})") from None
+            except DataFormatError as err:
+                yield number, err
+        return
+    yield from _json_array_records(path, _decode(path, raw))
+
+
+def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """Records of a ``.json`` file (a list of objects, or one object) with their line numbers."""
+    decoder = json.JSONDecoder()
+    i = _skip_ws(text, 0)
+    if not text.startswith("[", i):
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno})") from None
+        yield text.count("\n", 0, i) + 1, obj
+        return
+    i = _skip_ws(text, i + 1)
+    if text.startswith("]", i):
+        raise DataFormatError(path, text.count("\n", 0, i) + 1, "JSON list is empty")
+    while True:
+        line = text.count("\n", 0, i) + 1
+        try:
+            obj, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno})") from None
+        yield line, obj
+        i = _skip_ws(text, i)
+        if text.startswith(",", i):
+            i = _skip_ws(text, i + 1)
+        elif text.startswith("]", i):
+            return
+        else:
+            raise DataFormatError(path, text.count("\n", 0, i) + 1, "broken JSON: expected ',' or ']' between records")
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _load(paths, convert: Callable[[Any], dict], on_error: str, return_report: bool, text_field: str | None = None):
+    from datasets import Dataset
+
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    report = LoadReport()
+    rows: list[dict] = []
+    for path in _files(paths):
+        report.files.append(str(path))
+        try:
+            for line, record in _records(path, text_field):
+                report.read += 1
+                try:
+                    if isinstance(record, DataFormatError):
+                        raise record
+                    try:
+                        rows.append(convert(record))
+                    except _Bad as bad:
+                        raise DataFormatError(path, line, str(bad)) from None
+                    report.kept += 1
+                except DataFormatError as err:
+                    _skip_or_raise(err, report, on_error)
+        except DataFormatError as err:  # the whole file is unusable (empty, not decodable JSON)
+            report.read += 1
+            _skip_or_raise(err, report, on_error)
+    if not rows:
+        raise ValueError(f"no usable records in {', '.join(report.files)} ({report})")
+    log.info("loaded %s", report)
+    dataset = Dataset.from_list(_fill_missing_columns(rows))
+    return (dataset, report) if return_report else dataset
+
+
+def _skip_or_raise(err: DataFormatError, report: LoadReport, on_error: str) -> None:
+    if on_error == "raise":
+        raise err
+    reason = err.problem.split(":")[0].split(" (")[0]
+    report.skipped[reason] += 1
+    report.errors.append(str(err))
+    log.warning("skipped %s", err)
+
+
+def _fill_missing_columns(rows: list[dict]) -> list[dict]:
+    """Extra columns may appear in some files only; give the others None so rows align."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return [{k: row.get(k) for k in keys} for row in rows]
+
+
+# ---------------------------------------------------------------- field checks
+def _need_str(record: dict, key: str, where: str = "") -> str:
+    if key not in record or record[key] is None:
+        raise _Bad(f"missing field '{where}{key}'")
+    value = record[key]
+    if not isinstance(value, str):
+        raise _Bad(f"field '{where}{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _Bad(f"empty field '{where}{key}'")
+    return value
+
+
+def _need_object(record: Any) -> dict:
+    if not isinstance(record, dict):
+        raise _Bad(f"record must be a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _check_order(messages: list[dict], field_name: str, last: str | None) -> list[dict]:
+    """System first (optional), then user/assistant alternating from the user; ``last`` role."""
+    if not messages:
+        raise _Bad(f"empty field '{field_name}'")
+    expected = "user"
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            if i != 0:
+                raise _Bad(f"turns out of order: system message at {field_name}[{i}] (only the first turn may be system)")
+            continue
+        if role != expected:
+            raise _Bad(f"turns out of order: {field_name}[{i}] is {role}, expected {expected}")
+        expected = "assistant" if role == "user" else "user"
+    if messages[-1]["role"] == "system":
+        raise _Bad(f"'{field_name}' has only a system message")
+    if last and messages[-1]["role"] != last:
+        raise _Bad(f"turns out of order: '{field_name}' must end with a {last} turn, ends with {messages[-1]['role']}")
+    return messages
+
+
+def _messages(items: Any, field_name: str, role_key: str, content_key: str, roles: dict) -> list[dict]:
+    if not isinstance(items, list):
+        raise _Bad(f"field '{field_name}' must be a list of turns, got {type(items).__name__}")
+    result = []
+    for i, turn in enumerate(items):
+        where = f"{field_name}[{i}]."
+        if not isinstance(turn, dict):
+            raise _Bad(f"{field_name}[{i}] must be an object with '{role_key}' and '{content_key}'")
+        role = _need_str(turn, role_key, where)
+        if role not in roles:
+            raise _Bad(f"unknown role {role!r} in {where}{role_key} (accepted: {', '.join(roles)})")
+        result.append({"role": roles[role], "content": _need_str(turn, content_key, where)})
+    return result
+
+
+def _sharegpt(items: Any, field_name: str = "conversations") -> list[dict]:
+    return _messages(items, field_name, "from", "value", SHAREGPT_ROLES)
+
+
+def _openai(items: Any, field_name: str = "messages") -> list[dict]:
+    return _messages(items, field_name, "role", "content", {r: r for r in MESSAGE_ROLES})
+
+
+def _history(record: dict) -> list[dict]:
+    """Alpaca/MedicalGPT ``history``: a list of [question, answer] pairs."""
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise _Bad("field 'history' must be a list of [question, answer] pairs")
+    turns = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+            raise _Bad(f"history[{i}] must be a [question, answer] pair of non-empty strings")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return turns
+
+
+def _system(record: dict) -> list[dict]:
+    if record.get("system") in (None, ""):
+        return []
+    return [{"role": "system", "content": _need_str(record, "system")}]
+
+
+def _extras(record: dict, used: Iterable[str]) -> dict:
+    used = set(used)
+    return {k: v for k, v in record.items() if k not in used}
+
+
+# ---------------------------------------------------------------- SFT
+def _alpaca_messages(record: dict) -> list[dict]:
+    question = _need_str(record, "instruction")
+    extra_input = record.get("input")
+    if extra_input is not None and not isinstance(extra_input, str):
+        raise _Bad("field 'input' must be a string")
+    if extra_input and extra_input.strip():
+        question = f"{question}\n{extra_input}"
+    return _system(record) + _history(record) + [{"role": "user", "content": question}]
+
+
+def convert_sft(record: Any) -> dict:
+    """One SFT record (Alpaca, ShareGPT or OpenAI messages) -> ``{"messages": [...]}``."""
+    record = _need_object(record)
+    if "messages" in record:
+        messages, used = _openai(record["messages"]), {"messages"}
+    elif "conversations" in record:
+        messages, used = _sharegpt(record["conversations"]), {"conversations"}
+    elif "instruction" in record:
+        messages = _alpaca_messages(record) + [{"role": "assistant", "content": _need_str(record, "output")}]
+        used = {"instruction", "input", "output", "system", "history"}
+    else:
+        raise _Bad(f"unknown SFT format: expected 'instruction'/'output' (Alpaca), 'conversations' (ShareGPT) or 'messages', found keys {sorted(record)}")
+    field_name = "messages" if "messages" in record else "conversations" if "conversations" in record else "instruction"
+    return {"messages": _check_order(messages, field_name, last="assistant"), **_extras(record, used)}
+
+
+def load_sft(paths, on_error: str = "raise", return_report: bool = False):
+    """SFT data -> ``datasets.Dataset`` with column ``messages`` (plus any extra columns)."""
+    return _load(paths, convert_sft, on_error, return_report)
+
+
+# ---------------------------------------------------------------- preference
+def _answer(value: Any, field_name: str) -> list[dict]:
+    """A chosen/rejected answer as a one-turn assistant message list."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Bad(f"empty field '{field_name}'")
+        return [{"role": "assistant", "content": value}]
+    if isinstance(value, list):
+        turns = _openai(value, field_name)
+        if [t["role"] for t in turns] != ["assistant"] * len(turns):
+            raise _Bad(f"field '{field_name}' must hold assistant messages only")
+        return turns
+    if value is None:
+        raise _Bad(f"missing field '{field_name}'")
+    raise _Bad(f"field '{field_name}' must be a string or a list of messages, got {type(value).__name__}")
+
+
+def convert_preference(record: Any) -> dict:
+    """One preference record -> ``{"prompt", "chosen", "rejected", ...extras}``."""
+    record = _need_object(record)
+    if "conversations" in record:
+        prompt = _sharegpt(record["conversations"])
+        used = {"conversations", "chosen", "rejected"}
+        keys = ("chosen", "rejected")
+    elif "question" in record:
+        prompt = _system(record) + _history(record) + [{"role": "user", "content": _need_str(record, "question")}]
+        used = {"question", "response_chosen", "response_rejected", "system", "history"}
+        keys = ("response_chosen", "response_rejected")
+    elif "prompt" in record:
+        value = record["prompt"]
+        if isinstance(value, str):
+            prompt = [{"role": "user", "content": _need_str(record, "prompt")}]
+        else:
+            prompt = _openai(value, "prompt")
+        used = {"prompt", "chosen", "rejected"}
+        keys = ("chosen", "rejected")
+    else:
+        raise _Bad(f"unknown preference format: expected 'conversations'+'chosen'+'rejected', 'question'+'response_chosen'+'response_rejected' or 'prompt'+'chosen'+'rejected', found keys {sorted(record)}")
+    field_name = "conversations" if "conversations" in record else "prompt"
+    prompt = _check_order(prompt, field_name, last="user")
+    chosen, rejected = (_answer(record.get(k), k) for k in keys)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_extras(record, used)}
+
+
+def load_preference(paths, on_error: str = "raise", return_report: bool = False):
+    """Preference pairs -> columns ``prompt`` (messages), ``chosen``, ``rejected`` (+ extras)."""
+    return _load(paths, convert_preference, on_error, return_report)
+
+
+# ---------------------------------------------------------------- pretraining text and prompts
+def convert_pretraining(record: Any) -> dict:
+    record = _need_object(record)
+    return {"text": _need_str(record, "text"), **_extras(record, {"text"})}
+
+
+def load_pretraining(paths, on_error: str = "raise", return_report: bool = False):
+    """Plain text (one document per line) or JSON/JSONL with ``text`` -> column ``text``."""
+    return _load(paths, convert_pretraining, on_error, return_report, text_field="text")
+
+
+def convert_prompt(record: Any) -> dict:
+    """A prompt as messages ending with a user turn (from ``prompt``, ShareGPT, messages, Alpaca)."""
+    record = _need_object(record)
+    if "prompt" in record:
+        value = record["prompt"]
+        prompt = [{"role": "user", "content": _need_str(record, "prompt")}] if isinstance(value, str) or value is None else _openai(value, "prompt")
+        used, field_name = {"prompt"}, "prompt"
+    elif "conversations" in record:
+        prompt, used, field_name = _sharegpt(record["conversations"]), {"conversations"}, "conversations"
+    elif "messages" in record:
+        prompt, used, field_name = _openai(record["messages"]), {"messages"}, "messages"
+    elif "instruction" in record:
+        prompt, used, field_name = _alpaca_messages(record), {"instruction", "input", "system", "history"}, "instruction"
+    else:
+        raise _Bad(f"unknown prompt format: expected 'prompt', 'conversations', 'messages' or 'instruction', found keys {sorted(record)}")
+    return {"prompt": _check_order(prompt, field_name, last="user"), **_extras(record, used)}
+
+
+def load_prompts(paths, on_error: str = "raise", return_report: bool = False):
+    """RL prompts -> column ``prompt`` (messages ending with the user's turn)."""
+    return _load(paths, convert_prompt, on_error, return_report, text_field="prompt")

@@ -1,0 +1,255 @@
+"""Tokenizers and models: build the tiny one, load any one (full, 8-bit, 4-bit), LoRA, merge.
+
+Safety defaults: weights are read and written as safetensors only, and ``trust_remote_code``
+stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .presets import Preset, TinyArchitecture
+
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN]
+
+# ChatML, as Qwen uses it: every turn ends with <|im_end|>, which is also the EOS token, so a
+# model trained on this template learns to stop. {% generation %} marks the assistant tokens
+# that carry the SFT loss (TRL's assistant_only_loss reads these marks).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# ---------------------------------------------------------------- the tiny preset's own model
+def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 8000):
+    """Train a byte-level BPE tokenizer on ``texts`` (any byte sequence stays encodable)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer, arch: TinyArchitecture, seed: int = 42):
+    """A freshly initialised LLaMA-architecture causal LM sized by ``arch`` (fp32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+# ---------------------------------------------------------------- loading
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "right"):
+    """Load a tokenizer and make sure it can pad (falls back to EOS as the pad token)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.float32):
+    """``BitsAndBytesConfig`` for "4bit" (NF4, double quantization) or "8bit"; None for full."""
+    if quantization in (None, "none"):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown quantization {quantization!r}; use None, '4bit' or '8bit'")
+
+
+def _load_kwargs(quantization, compute_dtype, device, trust_remote_code):
+    kwargs = dict(dtype=compute_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    qconfig = quantization_config(quantization, compute_dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        # bitsandbytes places quantized weights when they load; "" maps the whole model.
+        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+    return kwargs
+
+
+def load_causal_lm(
+    path: str | Path,
+    quantization: str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM in full precision, 8-bit or 4-bit (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), **_load_kwargs(quantization, compute_dtype, device, trust_remote_code)
+    )
+    if quantization in (None, "none"):
+        model.to(device)
+    return model
+
+
+def load_reward_model(
+    path: str | Path,
+    pad_token_id: int | None = None,
+    quantization: str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a sequence-classification model with one output: the reward score."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, **_load_kwargs(quantization, compute_dtype, device, trust_remote_code)
+    )
+    if pad_token_id is not None:
+        # The score is read at the last non-pad token, so the model must know the pad id.
+        model.config.pad_token_id = pad_token_id
+    if quantization in (None, "none"):
+        model.to(device)
+    return model
+
+
+def load_for_preset(preset: Preset, path: str | Path, reward: bool = False, pad_token_id: int | None = None):
+    """Load a model with the preset's quantization, dtype, device and remote-code setting."""
+    common = dict(
+        quantization=preset.quantization,
+        compute_dtype=preset.torch_dtype,
+        device=preset.device,
+        trust_remote_code=preset.trust_remote_code,
+    )
+    if reward:
+        return load_reward_model(path, pad_token_id=pad_token_id, **common)
+    return load_causal_lm(path, **common)
+
+
+# ---------------------------------------------------------------- LoRA
+def prepare_for_kbit_training(model, gradient_checkpointing: bool = False):
+    """Freeze the quantized base, upcast norms, enable input grads (PEFT's recipe)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def add_lora(model, r: int, alpha: int, dropout: float = 0.0, target_modules="all-linear", task_type="CAUSAL_LM"):
+    """Attach a LoRA adapter to every linear layer (or to ``target_modules``)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(target_modules) if isinstance(target_modules, (tuple, list)) else target_modules
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def lora_config_for(preset: Preset, task_type: str = "CAUSAL_LM"):
+    """The preset's LoRA settings as a ``peft.LoraConfig`` (what TRL trainers take)."""
+    from peft import LoraConfig
+
+    targets = preset.lora_target_modules
+    targets = list(targets) if isinstance(targets, (tuple, list)) else targets
+    return LoraConfig(
+        r=preset.lora_r,
+        lora_alpha=preset.lora_alpha,
+        lora_dropout=preset.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
+
+
+def load_lora_model(preset: Preset, path: str | Path, task_type: str = "CAUSAL_LM", pad_token_id: int | None = None):
+    """Load ``path`` the preset's way and attach a fresh LoRA adapter (QLoRA when 4-bit)."""
+    model = load_for_preset(preset, path, reward=task_type == "SEQ_CLS", pad_token_id=pad_token_id)
+    if preset.quantization:
+        model = prepare_for_kbit_training(model, preset.gradient_checkpointing)
+    return add_lora(
+        model, preset.lora_r, preset.lora_alpha, preset.lora_dropout, preset.lora_target_modules, task_type
+    )
+
+
+def count_parameters(model) -> dict:
+    """Trainable and total parameter counts (4-bit weights counted as stored elements x 2)."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values are packed in one uint8 element
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / max(total, 1)}
+
+
+def describe_parameters(model) -> str:
+    c = count_parameters(model)
+    return f"trainable params: {c['trainable']:,} / {c['total']:,} ({c['trainable_percent']:.2f}%)"
+
+
+# ---------------------------------------------------------------- merge and export
+def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_dir: str | Path,
+                  dtype: torch.dtype = torch.float32, reward: bool = False, trust_remote_code: bool = False) -> Path:
+    """Fold a LoRA adapter into a full-precision copy of its base and save it standalone.
+
+    The base is reloaded unquantized on purpose: merging into 4-bit weights would round the
+    adapter away. The result is a plain model folder (safetensors + tokenizer + config).
+    """
+    from peft import PeftModel
+
+    from .artifacts import atomic_dir
+
+    loader = load_reward_model if reward else load_causal_lm
+    base = loader(base_path, compute_dtype=dtype, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
+        load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    return out_dir
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,277 @@
+"""Hardware presets: every knob a stage needs, in one documented place.
+
+A preset is chosen by ``MEDGPT_PRESET``, else by the hardware found, and printed, so a reader
+always knows which model and settings a notebook runs with. Notebooks and the ``medgpt`` command
+take the same preset and may override single fields (``override(preset, {"sft.max_steps": 50})``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PRESET_ENV = "MEDGPT_PRESET"
+GPU_24GB_MIN_MEMORY_GIB = 20
+
+
+@dataclass(frozen=True)
+class TrainKnobs:
+    """How long and how hard one stage trains."""
+
+    learning_rate: float
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    warmup_ratio: float = 0.05
+    logging_steps: int = 10
+
+
+@dataclass(frozen=True)
+class TinyArchitecture:
+    """Shape of the LLaMA-architecture model the ``tiny`` preset builds from scratch."""
+
+    vocab_size: int = 8000
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a stage reads: models, precision, LoRA, lengths and training knobs.
+
+    ``base_model`` is ``None`` for the tiny preset: its tokenizer and model are built locally
+    from the bundled corpus (no network). GPU presets name hub models; they are only touched
+    when a user chooses such a preset.
+    """
+
+    name: str
+    description: str
+    device: str  # "cpu" or "cuda"
+    base_model: str | None  # hub id (GPU presets) or None (build tiny locally)
+    reward_base_model: str | None  # model the reward model starts from; None = the SFT model
+    tiny: TinyArchitecture | None
+    # Precision. CPU presets are fp32: bf16 on a CPU without native support was 10-16x slower.
+    compute_dtype: str  # "float32" | "float16" | "bfloat16"
+    quantization: str | None  # None | "4bit" | "8bit" (bitsandbytes; NF4 + double quant for 4bit)
+    # LoRA
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    pretrain_full_parameters: bool = False  # tiny: train every weight; GPU: LoRA/QLoRA
+    # Lengths
+    block_size: int = 512  # continued-pretraining block
+    max_length: int = 512  # SFT / RM / DPO sequence length
+    max_prompt_length: int = 256
+    max_new_tokens: int = 128
+    # Stages
+    pt: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=2e-4))
+    sft: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=2e-4))
+    rm: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-4))
+    dpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=5e-5))
+    orpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=5e-5))
+    grpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
+    ppo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False  # off unless the user asks for it
+    seed: int = 42
+
+    @property
+    def bf16(self) -> bool:
+        """Mixed-precision flag for trainers: only on a GPU and only for a bf16 preset."""
+        return self.device == "cuda" and self.compute_dtype == "bfloat16"
+
+    @property
+    def fp16(self) -> bool:
+        """Mixed-precision flag for trainers: only on a GPU and only for an fp16 preset."""
+        return self.device == "cuda" and self.compute_dtype == "float16"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.compute_dtype)
+
+    def describe(self) -> str:
+        model = self.base_model or "tiny LLaMA built locally"
+        quant = self.quantization or "none"
+        return (
+            f"preset={self.name} device={self.device} model={model} "
+            f"dtype={self.compute_dtype} quantization={quant} lora_r={self.lora_r}"
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="CPU default: a ~5M-parameter LLaMA built from the bundled corpus, fp32.",
+        device="cpu",
+        base_model=None,
+        reward_base_model=None,
+        tiny=TinyArchitecture(),
+        compute_dtype="float32",
+        quantization=None,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        pretrain_full_parameters=True,
+        block_size=256,
+        max_length=256,
+        max_prompt_length=96,
+        max_new_tokens=96,
+        pt=TrainKnobs(learning_rate=1e-3, batch_size=16, epochs=3),
+        sft=TrainKnobs(learning_rate=1e-3, batch_size=16, epochs=2),
+        rm=TrainKnobs(learning_rate=5e-4, batch_size=16, epochs=2),
+        dpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=1),
+        orpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=1),
+        grpo=TrainKnobs(learning_rate=1e-4, batch_size=8, max_steps=30),
+        ppo=TrainKnobs(learning_rate=1e-4, batch_size=16, max_steps=20),
+    ),
+    "colab-t4": Preset(
+        name="colab-t4",
+        description="Colab T4 (16 GB): Qwen2.5-0.5B-Instruct (zh+en), 4-bit NF4 QLoRA, fp16 compute.",
+        device="cuda",
+        base_model="Qwen/Qwen2.5-0.5B-Instruct",
+        reward_base_model="Qwen/Qwen2.5-0.5B-Instruct",
+        tiny=None,
+        compute_dtype="float16",  # the T4 has no bf16
+        quantization="4bit",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        block_size=512,
+        max_length=512,
+        max_prompt_length=256,
+        max_new_tokens=192,
+        pt=TrainKnobs(learning_rate=2e-4, batch_size=4, gradient_accumulation_steps=4, max_steps=200),
+        sft=TrainKnobs(learning_rate=2e-4, batch_size=4, gradient_accumulation_steps=4, epochs=1),
+        rm=TrainKnobs(learning_rate=5e-5, batch_size=4, gradient_accumulation_steps=4, epochs=1),
+        dpo=TrainKnobs(learning_rate=5e-6, batch_size=2, gradient_accumulation_steps=8, epochs=1),
+        orpo=TrainKnobs(learning_rate=8e-6, batch_size=2, gradient_accumulation_steps=8, epochs=1),
+        grpo=TrainKnobs(learning_rate=1e-6, batch_size=4, gradient_accumulation_steps=2, max_steps=100),
+        ppo=TrainKnobs(learning_rate=1e-5, batch_size=8, gradient_accumulation_steps=2, max_steps=100),
+        gradient_checkpointing=True,
+    ),
+    "gpu-24gb": Preset(
+        name="gpu-24gb",
+        description="24 GB GPU: Qwen2.5-7B-Instruct (zh+en), 4-bit NF4 QLoRA, bf16 compute.",
+        device="cuda",
+        base_model="Qwen/Qwen2.5-7B-Instruct",
+        reward_base_model="Qwen/Qwen2.5-1.5B-Instruct",
+        tiny=None,
+        compute_dtype="bfloat16",
+        quantization="4bit",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        block_size=1024,
+        max_length=1024,
+        max_prompt_length=512,
+        max_new_tokens=256,
+        pt=TrainKnobs(learning_rate=1e-4, batch_size=2, gradient_accumulation_steps=8, max_steps=200),
+        sft=TrainKnobs(learning_rate=1e-4, batch_size=2, gradient_accumulation_steps=8, epochs=1),
+        rm=TrainKnobs(learning_rate=2e-5, batch_size=4, gradient_accumulation_steps=4, epochs=1),
+        dpo=TrainKnobs(learning_rate=5e-6, batch_size=1, gradient_accumulation_steps=16, epochs=1),
+        orpo=TrainKnobs(learning_rate=8e-6, batch_size=1, gradient_accumulation_steps=16, epochs=1),
+        grpo=TrainKnobs(learning_rate=1e-6, batch_size=4, gradient_accumulation_steps=4, max_steps=100),
+        ppo=TrainKnobs(learning_rate=1e-5, batch_size=8, gradient_accumulation_steps=4, max_steps=100),
+        gradient_checkpointing=True,
+    ),
+}
+
+
+def detect_preset_name() -> tuple[str, str]:
+    """Pick a preset for this machine; returns (name, reason)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        has_cuda = False
+    if not has_cuda:
+        return "tiny", "no CUDA GPU found"
+    import torch
+
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gib >= GPU_24GB_MIN_MEMORY_GIB:
+        return "gpu-24gb", f"GPU with {gib:.0f} GiB found"
+    return "colab-t4", f"GPU with {gib:.0f} GiB found"
+
+
+def get_preset(name: str | None = None, overrides: Mapping[str, Any] | None = None, verbose: bool = True) -> Preset:
+    """Return the preset ``name``, else ``$MEDGPT_PRESET``, else the one for this hardware.
+
+    ``overrides`` maps field paths to values, e.g. ``{"lora_r": 8, "sft.max_steps": 20}``.
+    """
+    if name:
+        reason = "asked for"
+    elif os.environ.get(PRESET_ENV):
+        name, reason = os.environ[PRESET_ENV], f"from ${PRESET_ENV}"
+    else:
+        name, reason = detect_preset_name()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} ({reason}); choose one of: {', '.join(PRESETS)}")
+    preset = override(PRESETS[name], overrides or {})
+    if verbose:
+        print(f"MedicalGPT preset: {preset.name} ({reason}) - {preset.description}")
+    return preset
+
+
+def override(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
+    """Return a copy of ``preset`` with dotted field paths replaced (values coerced from str)."""
+    for path, value in overrides.items():
+        preset = _replace_path(preset, path.split("."), value, path)
+    return preset
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, full_path: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    head = parts[0]
+    if head not in names:
+        raise ValueError(f"unknown preset field {full_path!r}; fields here: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"preset field {full_path!r}: {head!r} has no sub-fields")
+        new = _replace_path(current, parts[1:], value, full_path)
+    else:
+        new = _coerce(value, current, full_path)
+    return dataclasses.replace(obj, **{head: new})
+
+
+def _coerce(value: Any, current: Any, full_path: str) -> Any:
+    """Turn a command-line string into the type the field already holds."""
+    if not isinstance(value, str):
+        return value
+    if current is None or isinstance(current, str):
+        return None if value.lower() == "none" else value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"preset field {full_path!r} wants a {type(current).__name__}, got {value!r}") from None
+    return value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """Parse ``["sft.max_steps=20", "lora_r=8"]`` from the command line."""
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants FIELD=VALUE, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
