@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 import templates as T  # noqa: E402
 
 SEED = 20261125
@@ -28,14 +28,9 @@ REJECTED_KINDS = ("other_condition", "off_question", "unsafe", "evasive", "trunc
 
 # ---------------------------------------------------------------- knowledge base
 def load_conditions() -> list[dict]:
-    conditions = []
-    for path in sorted((HERE / "source").glob("conditions_*.json")):
-        conditions.extend(json.loads(path.read_text(encoding="utf-8")))
-    ids = [c["id"] for c in conditions]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate condition ids in data/source: {duplicates}")
-    return sorted(conditions, key=lambda c: c["id"])
+    from medgpt_utils.data import load_knowledge_base
+
+    return load_knowledge_base()
 
 
 # ---------------------------------------------------------------- sentence builders
@@ -233,6 +228,15 @@ def rejected_answer(kind, c, other, kb, lang, fact, flag, rng) -> str:
     raise ValueError(kind)
 
 
+def other_condition(conditions, index, lang, fact, rng):
+    """Another condition whose facts of this kind differ (two may share a department)."""
+    mine = conditions[index][lang][fact]
+    while True:
+        other = conditions[(index + rng.randint(1, len(conditions) - 1)) % len(conditions)]
+        if other[lang][fact] != mine:
+            return other
+
+
 def chosen_answer(kb, lang, fact, flag) -> str:
     return red_flag_answer(kb, lang, flag) if fact == "red_flag_case" else fact_answer(kb, lang, fact)
 
@@ -252,7 +256,7 @@ def preference_pairs(conditions, rng: random.Random, heldout: bool) -> list[dict
                 else:
                     kind = rng.choice(kinds)
                 flag = rng.choice(kb["red_flags"])
-                other = conditions[(index + rng.randint(1, len(conditions) - 1)) % len(conditions)]
+                other = other_condition(conditions, index, lang, "red_flags" if fact == "red_flag_case" else fact, rng)
                 prompt = ask(rng.choice(questions[lang][fact]), kb, lang, flag)
                 turns = []
                 if rng.random() < 0.2:

@@ -4,6 +4,16 @@ TRAIN phrasings appear in the training sets; HELDOUT phrasings never do, so the 
 evaluation asks known facts in new words. {name} is the condition, {flag} a red-flag sign.
 """
 
+# The departments a condition may name (en -> zh); data/source/SCHEMA.md lists the same.
+DEPARTMENTS = {
+    "general practice": "全科", "respiratory medicine": "呼吸内科", "cardiology": "心内科", "neurology": "神经内科",
+    "gastroenterology": "消化内科", "endocrinology": "内分泌科", "nephrology": "肾内科", "urology": "泌尿外科",
+    "dermatology": "皮肤科", "ophthalmology": "眼科", "otolaryngology (ENT)": "耳鼻喉科", "orthopedics": "骨科",
+    "rheumatology": "风湿免疫科", "psychiatry": "精神心理科", "gynecology": "妇科", "pediatrics": "儿科",
+    "infectious diseases": "感染科", "hematology": "血液科", "emergency department": "急诊科", "dentistry": "口腔科",
+    "vascular surgery": "血管外科", "general surgery": "普外科",
+}
+
 LIST_FACTS = ("symptoms", "causes", "department", "self_care", "red_flags", "prevention")
 
 TRAIN_QUESTIONS = {

@@ -77,7 +77,11 @@ def _files(paths) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+            inside = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix in DATA_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints
+            )
             if not inside:
                 raise DataFormatError(path, None, f"folder has no data files ({', '.join(DATA_SUFFIXES)})")
             found.extend(inside)
@@ -102,7 +106,7 @@ def _decode(path: Path, raw: bytes, line_offset: int = 0) -> str:
 
 def _records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any]]:
     """Yield (line, record) for every record in a file; a bad one yields (line, DataFormatError)."""
-    raw = path.read_bytes()
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows editors) is not data
     if not raw.strip():
         raise DataFormatError(path, None, "file is empty")
     if path.suffix in (".txt", ".jsonl"):
@@ -145,7 +149,7 @@ def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         try:
             obj, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as err:
-            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno})") from None
+            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno}){_REST_UNREAD}") from None
         yield line, obj
         i = _skip_ws(text, i)
         if text.startswith(",", i):
@@ -153,7 +157,10 @@ def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         elif text.startswith("]", i):
             return
         else:
-            raise DataFormatError(path, text.count("\n", 0, i) + 1, "broken JSON: expected ',' or ']' between records")
+            raise DataFormatError(path, text.count("\n", 0, i) + 1, f"broken JSON: expected ',' or ']' between records{_REST_UNREAD}")
+
+
+_REST_UNREAD = "; the records after it in this file could not be read"
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -246,7 +253,7 @@ def _check_order(messages: list[dict], field_name: str, last: str | None) -> lis
     if messages[-1]["role"] == "system":
         raise _Bad(f"'{field_name}' has only a system message")
     if last and messages[-1]["role"] != last:
-        raise _Bad(f"turns out of order: '{field_name}' must end with a {last} turn, ends with {messages[-1]['role']}")
+        raise _Bad(f"turns out of order: '{field_name}' must end with {'an' if last == 'assistant' else 'a'} {last} turn, ends with {messages[-1]['role']}")
     return messages
 
 
@@ -410,3 +417,24 @@ def convert_prompt(record: Any) -> dict:
 def load_prompts(paths, on_error: str = "raise", return_report: bool = False):
     """RL prompts -> column ``prompt`` (messages ending with the user's turn)."""
     return _load(paths, convert_prompt, on_error, return_report, text_field="prompt")
+
+
+# ---------------------------------------------------------------- the knowledge base and data card
+def load_knowledge_base() -> list[dict]:
+    """The conditions of ``data/source/conditions_*.json`` (zh + en), sorted by id."""
+    conditions = []
+    for path in sorted((DATA_DIR / "source").glob("conditions_*.json")):
+        conditions.extend(json.loads(path.read_text(encoding="utf-8")))
+    ids = [c["id"] for c in conditions]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate condition ids in {DATA_DIR / 'source'}: {duplicates}")
+    return sorted(conditions, key=lambda c: c["id"])
+
+
+def card_counts() -> dict[str, int]:
+    """Record counts per file as the data card (``data/README.md``) states them."""
+    import re
+
+    text = (DATA_DIR / "README.md").read_text(encoding="utf-8")
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([^`]+)` \| (\d+) \|$", text, re.M)}

@@ -6,7 +6,8 @@ stays off unless the caller asks for it.
 
 from __future__ import annotations
 
-import math
+import contextlib
+
 from pathlib import Path
 from typing import Iterable
 
@@ -230,11 +231,13 @@ def describe_parameters(model) -> str:
 
 # ---------------------------------------------------------------- merge and export
 def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_dir: str | Path,
-                  dtype: torch.dtype = torch.float32, reward: bool = False, trust_remote_code: bool = False) -> Path:
+                  dtype: torch.dtype = torch.float32, reward: bool = False, trust_remote_code: bool = False,
+                  atomic: bool = True) -> Path:
     """Fold a LoRA adapter into a full-precision copy of its base and save it standalone.
 
     The base is reloaded unquantized on purpose: merging into 4-bit weights would round the
-    adapter away. The result is a plain model folder (safetensors + tokenizer + config).
+    adapter away. The result is a plain model folder (safetensors + tokenizer + config),
+    written atomically unless the caller already writes into a temporary stage folder.
     """
     from peft import PeftModel
 
@@ -243,13 +246,11 @@ def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_dir: str 
     loader = load_reward_model if reward else load_causal_lm
     base = loader(base_path, compute_dtype=dtype, trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
+    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
-        load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    with (atomic_dir(out_dir) if atomic else contextlib.nullcontext(out_dir)) as folder:
+        merged.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
     return out_dir
 
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

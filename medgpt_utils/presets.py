@@ -123,10 +123,10 @@ PRESETS: dict[str, Preset] = {
         lora_dropout=0.0,
         pretrain_full_parameters=True,
         block_size=256,
-        max_length=256,
+        max_length=320,  # the longest bundled conversation is 306 tokens
         max_prompt_length=96,
         max_new_tokens=96,
-        pt=TrainKnobs(learning_rate=1e-3, batch_size=16, epochs=3),
+        pt=TrainKnobs(learning_rate=2e-3, batch_size=8, epochs=4),
         sft=TrainKnobs(learning_rate=1e-3, batch_size=16, epochs=2),
         rm=TrainKnobs(learning_rate=5e-4, batch_size=16, epochs=2),
         dpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=1),

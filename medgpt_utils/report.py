@@ -1,0 +1,59 @@
+"""``outputs/<preset>/report.md``: one table of what every finished stage measured."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+from .artifacts import METRICS_FILE, output_root
+from .presets import Preset
+
+HEADLINE_KEYS = (
+    "train_seconds", "tokens_per_second", "heldout_perplexity_before", "heldout_perplexity_after",
+    "parameters", "vocab_size", "tokens_per_char",
+)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, dict):
+        if "trainable" in value:
+            return f"{value['trainable']:,} trainable / {value['total']:,}"
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def write_report(preset: Preset, stages: list[str]) -> Path:
+    """Collect each finished stage's ``metrics.json`` into a markdown report; return its path."""
+    root = output_root() / preset.name
+    lines = [
+        f"# MedicalGPT Course report - preset `{preset.name}`",
+        "",
+        f"{preset.describe()}",
+        f"Written {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.machine()} "
+        f"({platform.system()}), Python {platform.python_version()}.",
+        "",
+        "| stage | metric | value |",
+        "|---|---|---|",
+    ]
+    for stage in stages:
+        path = root / stage / METRICS_FILE
+        if not path.is_file():
+            lines.append(f"| {stage} | - | not run |")
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        for key in HEADLINE_KEYS:
+            if key in metrics:
+                lines.append(f"| {stage} | {key} | {_fmt(metrics[key])} |")
+        if "model" in metrics:
+            lines.append(f"| {stage} | model | {metrics['model']} |")
+    lines += ["", "Educational use only: not medical advice.", ""]
+    report = root / "report.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report

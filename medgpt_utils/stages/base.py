@@ -1,0 +1,51 @@
+"""Stage 0, the base model: build the tiny preset's tokenizer and model, or name a hub model.
+
+The tiny preset trains a byte-level BPE tokenizer on the bundled pretraining corpus and
+initialises a small LLaMA from scratch, so the whole course runs offline. GPU presets start
+from a real pretrained chat model; nothing is built and nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data, models
+from ..artifacts import stage_dir
+from ..evaluation import tokens_per_char
+from ..presets import Preset
+from .common import save_metrics, stage_output
+
+STAGE = "base"
+
+
+def model_path(preset: Preset) -> str | Path:
+    """Where the base model lives: the built folder (tiny) or the hub id (GPU presets)."""
+    return stage_dir(preset.name, STAGE) if preset.base_model is None else preset.base_model
+
+
+def run(preset: Preset) -> Path:
+    with stage_output(preset, STAGE) as out:
+        metrics = {"stage": STAGE, "preset": preset.name}
+        if preset.base_model is None:
+            corpus = data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"]
+            tokenizer = models.build_tiny_tokenizer(corpus, preset.tiny.vocab_size)
+            model = models.build_tiny_model(tokenizer, preset.tiny, seed=preset.seed)
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            heldout = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))
+            metrics.update(
+                model="tiny LLaMA built locally",
+                parameters=models.count_parameters(model)["total"],
+                vocab_size=len(tokenizer),
+                tokens_per_char={lang: round(tokens_per_char(tokenizer, _by_lang(heldout["text"], lang)), 4) for lang in ("en", "zh")},
+            )
+        else:
+            metrics.update(model=preset.base_model)
+        save_metrics(out, metrics)
+    return stage_dir(preset.name, STAGE)
+
+
+def _by_lang(texts: list[str], lang: str) -> list[str]:
+    """Split the bilingual corpus: a paragraph is Chinese if it holds CJK characters."""
+    is_zh = lambda t: any("\u4e00" <= ch <= "\u9fff" for ch in t)  # noqa: E731
+    return [t for t in texts if is_zh(t) == (lang == "zh")]

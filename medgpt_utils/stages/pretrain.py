@@ -1,0 +1,91 @@
+"""Stage 1, continued pretraining (PT): next-token prediction on medical text.
+
+Recipe: tokenize the corpus, join documents with EOS, cut the stream into fixed blocks (no
+padding at all), train with the causal-LM loss, and compare held-out perplexity before and
+after. The tiny preset trains every weight of its fresh model; GPU presets train a LoRA
+adapter on the 4-bit base (QLoRA) and merge it into a standalone model for the next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import data, models
+from ..artifacts import stage_dir, stage_done
+from ..evaluation import heldout_loss, perplexity
+from ..presets import Preset
+from . import base
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+
+STAGE = "pt"
+log = logging.getLogger(__name__)
+
+
+def pack_texts(texts: list[str], tokenizer, block_size: int) -> list[list[int]]:
+    """Join documents with EOS and cut the token stream into full ``block_size`` blocks.
+
+    The final partial block (fewer than ``block_size`` tokens) is left out and logged.
+    """
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    n_blocks = len(stream) // block_size
+    tail = len(stream) - n_blocks * block_size
+    if tail:
+        log.info("packing: %d tokens in %d blocks, last %d tokens (under one block) left out", len(stream), n_blocks, tail)
+    return [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
+
+
+def load_start_model(preset: Preset):
+    """The model PT trains: all weights (tiny) or a LoRA adapter on the quantized base."""
+    if preset.pretrain_full_parameters:
+        return models.load_for_preset(preset, base.model_path(preset))
+    return models.load_lora_model(preset, base.model_path(preset))
+
+
+def run(preset: Preset) -> Path:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    if preset.base_model is None and not stage_done(preset.name, base.STAGE):
+        base.run(preset)
+    tokenizer = models.load_tokenizer(base.model_path(preset), preset.trust_remote_code)
+    train_texts = data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"]
+    heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]
+    blocks = pack_texts(train_texts, tokenizer, preset.block_size)
+    train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+    model = load_start_model(preset)
+    metrics = {"stage": STAGE, "preset": preset.name, "train_blocks": len(blocks), "block_size": preset.block_size}
+    metrics["parameters"] = models.count_parameters(model)
+    metrics["heldout_loss_before"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
+
+    with stage_output(preset, STAGE) as out:
+        args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer")
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator)
+        with timed(metrics, "train_seconds"):
+            result = trainer.train()
+        metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
+        metrics["train_tokens"] = result.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * preset.block_size
+        metrics["tokens_per_second"] = round(metrics["train_tokens"] / max(metrics["train_seconds"], 1e-9), 1)
+        for key in ("before", "after"):
+            metrics[f"heldout_perplexity_{key}"] = perplexity(metrics[f"heldout_loss_{key}"])
+        metrics["loss_history"] = loss_history(trainer)
+        if is_main_process():
+            _save(preset, model, tokenizer, out)
+            save_metrics(out, metrics)
+    return stage_dir(preset.name, STAGE)
+
+
+def _save(preset: Preset, model, tokenizer, out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    if preset.pretrain_full_parameters:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    else:
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        models.merge_adapter(base.model_path(preset), out / "adapter", out, dtype=preset.torch_dtype,
+                             trust_remote_code=preset.trust_remote_code, atomic=False)

@@ -1,0 +1,30 @@
+import pytest
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    """Point every stage at a private outputs folder (never the repo's outputs/)."""
+    monkeypatch.setenv("MEDGPT_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MEDGPT_PRESET", raising=False)
+    return tmp_path / "outputs"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """The tiny preset's base model, built once per test session in a private folder."""
+    import os
+
+    from medgpt_utils.presets import get_preset
+    from medgpt_utils.stages import base
+
+    folder = tmp_path_factory.mktemp("shared_outputs")
+    old = os.environ.get("MEDGPT_OUTPUT_DIR")
+    os.environ["MEDGPT_OUTPUT_DIR"] = str(folder)
+    try:
+        path = base.run(get_preset("tiny", verbose=False))
+    finally:
+        if old is None:
+            os.environ.pop("MEDGPT_OUTPUT_DIR")
+        else:
+            os.environ["MEDGPT_OUTPUT_DIR"] = old
+    return path

@@ -1,0 +1,102 @@
+"""The bundled data: reproducible byte for byte, loadable with zero skips, as the card says."""
+
+import filecmp
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medgpt_utils import data
+
+DATA = data.DATA_DIR
+sys.path.insert(0, str(DATA))
+import templates as T  # noqa: E402
+
+LOADERS = {"pretrain": data.load_pretraining, "sft": data.load_sft, "preference": data.load_preference,
+           "prompts": data.load_prompts, "eval": data.load_prompts}
+
+
+def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
+    subprocess.run([sys.executable, str(DATA / "build_data.py"), "--out", str(tmp_path)], check=True, capture_output=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(generated) == len(data.card_counts()) + 1  # every data file plus the card
+    for rel in generated:
+        assert filecmp.cmp(tmp_path / rel, DATA / rel, shallow=False), f"{rel} differs: run python data/build_data.py"
+
+
+@pytest.mark.parametrize("name", sorted(data.card_counts()))
+def test_each_file_loads_with_zero_skips_and_matches_the_card(name):
+    dataset, report = LOADERS[name.split("/")[0]](DATA / name, return_report=True)
+    assert report.skipped_total == 0 and report.read == report.kept
+    assert len(dataset) == data.card_counts()[name]
+
+
+def test_sizes_the_course_promises():
+    counts = data.card_counts()
+    assert len(data.load_knowledge_base()) >= 80
+    assert (DATA / "pretrain/train.txt").stat().st_size >= 300_000
+    assert counts["sft/train_single.jsonl"] >= 2000 and counts["sft/train_multi.jsonl"] >= 300
+    assert counts["preference/train.jsonl"] >= 1000 and counts["prompts/train.jsonl"] >= 300
+    prompts = data.load_prompts(DATA / "prompts/train.jsonl")
+    assert sum(prompts["red_flag"]) >= 50
+
+
+def test_knowledge_base_is_parallel_and_complete():
+    allowed = T.DEPARTMENTS
+    for c in data.load_knowledge_base():
+        en, zh = c["en"], c["zh"]
+        assert allowed.get(en["department"]) == zh["department"], c["id"]
+        for key, (low, high) in {"symptoms": (3, 6), "causes": (2, 4), "self_care": (3, 5), "red_flags": (2, 4), "prevention": (2, 4)}.items():
+            assert low <= len(en[key]) == len(zh[key]) <= high, (c["id"], key)
+            assert all(item.strip() for item in en[key] + zh[key]), (c["id"], key)
+        assert en["name"] and zh["name"] and en["definition"].endswith(".") and zh["definition"].endswith("。")
+
+
+def test_training_has_ten_phrasings_per_fact_type_and_heldout_wordings_are_new():
+    for lang in ("en", "zh"):
+        for fact, phrasings in T.TRAIN_QUESTIONS[lang].items():
+            assert len(set(phrasings)) >= 10, (lang, fact)
+        for fact, phrasings in T.HELDOUT_QUESTIONS[lang].items():
+            assert not set(phrasings) & set(T.TRAIN_QUESTIONS[lang][fact]), (lang, fact)
+    train_questions = {m[-2]["content"] for m in data.load_sft(DATA / "sft/train_single.jsonl")["messages"]}
+    for name in ("eval/heldout_questions.jsonl", "prompts/heldout.jsonl"):
+        heldout = {p[-1]["content"] for p in data.load_prompts(DATA / name)["prompt"]}
+        assert not heldout & train_questions, name
+
+
+def test_heldout_questions_list_key_facts_and_red_flags_point_to_urgent_care():
+    questions = data.load_prompts(DATA / "eval/heldout_questions.jsonl")
+    assert all(q["key_facts"] for q in questions)
+    for q in questions.filter(lambda q: q["red_flag"]):
+        assert q["key_facts"] == T.URGENT_MARKERS[q["lang"]][:1]
+    sft = [json.loads(line) for line in (DATA / "sft/train_single.jsonl").read_text(encoding="utf-8").splitlines()]
+    red_flag_answers = [r for r in sft if r["fact"] == "red_flag_case"]
+    assert red_flag_answers
+    assert all(any(m in r["output"] for m in T.URGENT_MARKERS[r["lang"]]) for r in red_flag_answers)
+
+
+def test_sft_answers_vary_in_completeness():
+    kb = {c["id"]: c for c in data.load_knowledge_base()}
+    rows = [json.loads(line) for line in (DATA / "sft/train_single.jsonl").read_text(encoding="utf-8").splitlines()]
+    covered = Counter()
+    for r in rows:
+        if r["fact"] == "symptoms":
+            items = kb[r["condition"]][r["lang"]]["symptoms"]
+            n = sum(item in r["output"] for item in items)
+            covered["all" if n == len(items) else "one" if n == 1 else "some"] += 1
+            covered["urgent" if any(m in r["output"] for m in T.URGENT_MARKERS[r["lang"]]) else "no_urgent"] += 1
+    assert min(covered[k] for k in ("all", "some", "one", "urgent", "no_urgent")) >= 20, covered
+
+
+def test_preference_pairs_have_every_rejected_kind_and_differ():
+    pairs = data.load_preference(DATA / "preference/train.jsonl")
+    kinds = Counter(pairs["rejected_kind"])
+    assert set(kinds) == {"other_condition", "off_question", "unsafe", "evasive", "truncated", "incomplete"}
+    assert min(kinds.values()) >= 50, kinds
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    unsafe_red_flags = [p for p in pairs if p["fact"] == "red_flag_case" and p["rejected_kind"] == "unsafe"]
+    assert len(unsafe_red_flags) >= 50

@@ -1,0 +1,61 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medgpt_utils import cli
+from medgpt_utils.stages import STAGES
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["presets"], *[[name] for name in STAGES]])
+def test_every_command_has_help(command):
+    result = subprocess.run([sys.executable, "-m", "medgpt_utils.cli", *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: medgpt" in result.stdout
+
+
+def test_presets_command_prints_every_preset(capsys):
+    assert cli.main(["presets"]) == 0
+    presets = json.loads(capsys.readouterr().out)
+    assert set(presets) == {"tiny", "colab-t4", "gpu-24gb"}
+    assert presets["tiny"]["compute_dtype"] == "float32"
+
+
+def test_bad_override_is_a_clear_error(outputs, capsys):
+    assert cli.main(["pt", "--preset", "tiny", "--set", "pt.nope=1"]) == 2
+    assert "unknown preset field 'pt.nope'" in capsys.readouterr().err
+
+
+def test_run_writes_every_stage_and_the_report(outputs, capsys):
+    """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
+    args = ["run", "--preset", "tiny", "--set", "pt.max_steps=4", "--set", "pt.logging_steps=1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    report = outputs / "tiny" / "report.md"
+    assert f"Report written to {report}" in out
+    for stage in STAGES:
+        assert (outputs / "tiny" / stage / "metrics.json").is_file()
+    assert (outputs / "tiny" / "pt" / "model.safetensors").is_file()
+    assert not list((outputs / "tiny").glob(".*tmp*")), "no temporary folders left behind"
+    pt = json.loads((outputs / "tiny" / "pt" / "metrics.json").read_text())
+    assert pt["heldout_loss_after"] < pt["heldout_loss_before"]  # even 4 steps of PT learn something
+    assert len(pt["loss_history"]["loss"]) >= 4
+    assert "| pt | heldout_perplexity_after |" in report.read_text()
+    # a second run skips finished stages
+    assert cli.main(["run", "--preset", "tiny"]) == 0
+    assert "[pt] already done" in capsys.readouterr().out
+
+
+def test_multi_gpu_configs_are_valid():
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(cli.__file__).parent / "configs"
+    for stage in (2, 3):
+        config = json.loads((folder / f"deepspeed_zero{stage}.json").read_text())
+        assert config["zero_optimization"]["stage"] == stage
+    zero2 = yaml.safe_load((folder / "accelerate_deepspeed_zero2.yaml").read_text())
+    assert (folder.parent.parent / zero2["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    assert yaml.safe_load((folder / "accelerate_multi_gpu.yaml").read_text())["distributed_type"] == "MULTI_GPU"

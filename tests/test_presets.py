@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+
+from medgpt_utils import presets
+from medgpt_utils.presets import PRESETS, get_preset, override, parse_overrides
+
+
+def test_explicit_name_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("MEDGPT_PRESET", "gpu-24gb")
+    assert get_preset("colab-t4", verbose=False).name == "colab-t4"
+
+
+def test_environment_variable_chooses_preset(monkeypatch, capsys):
+    monkeypatch.setenv("MEDGPT_PRESET", "colab-t4")
+    assert get_preset().name == "colab-t4"
+    assert "colab-t4" in capsys.readouterr().out  # the choice is printed
+
+
+def test_detects_cpu_as_tiny(monkeypatch):
+    monkeypatch.delenv("MEDGPT_PRESET", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert get_preset(verbose=False).name == "tiny"
+
+
+@pytest.mark.parametrize("gib, expected", [(15, "colab-t4"), (24, "gpu-24gb"), (80, "gpu-24gb")])
+def test_detects_gpu_by_memory(monkeypatch, gib, expected):
+    class Props:
+        total_memory = gib * 2**30
+
+    monkeypatch.delenv("MEDGPT_PRESET", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_properties", lambda i: Props())
+    assert presets.detect_preset_name()[0] == expected
+
+
+def test_unknown_preset_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MEDGPT_PRESET", "huge")
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*tiny"):
+        get_preset(verbose=False)
+
+
+def test_override_nested_fields_with_string_values():
+    tiny = PRESETS["tiny"]
+    changed = override(tiny, parse_overrides(["sft.max_steps=20", "lora_r=8", "quantization=4bit", "gradient_checkpointing=true"]))
+    assert (changed.sft.max_steps, changed.lora_r, changed.quantization, changed.gradient_checkpointing) == (20, 8, "4bit", True)
+    assert tiny.sft.max_steps == -1  # the original is untouched
+    assert override(changed, {"quantization": "none"}).quantization is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"sft.nope": 1}, "unknown preset field 'sft.nope'"),
+    ({"lora_r": "eight"}, "wants a int"),
+    ({"lora_r.x": 1}, "has no sub-fields"),
+])
+def test_override_errors_name_the_field(bad, message):
+    with pytest.raises(ValueError, match=message):
+        override(PRESETS["tiny"], bad)
+
+
+def test_every_preset_holds_every_stage_knob():
+    for preset in PRESETS.values():
+        for stage in ("pt", "sft", "rm", "dpo", "orpo", "grpo", "ppo"):
+            knobs = getattr(preset, stage)
+            assert knobs.learning_rate > 0 and knobs.batch_size > 0
+        assert preset.lora_r > 0 and preset.max_length > 0 and preset.trust_remote_code is False
+
+
+def test_gpu_presets_name_hub_models_and_quantize():
+    t4, big = PRESETS["colab-t4"], PRESETS["gpu-24gb"]
+    assert t4.base_model and big.base_model and PRESETS["tiny"].base_model is None
+    assert t4.quantization == big.quantization == "4bit"
+    assert (t4.fp16, t4.bf16) == (True, False)  # the T4 has no bf16
+    assert (big.fp16, big.bf16) == (False, True)
+
+
+def test_no_cpu_preset_turns_on_half_precision():
+    from transformers import TrainingArguments
+    from trl import DPOConfig, RewardConfig, SFTConfig
+
+    from medgpt_utils.stages.common import trainer_arguments
+
+    cpu_presets = [p for p in PRESETS.values() if p.device == "cpu"]
+    assert cpu_presets
+    for preset in cpu_presets:
+        assert preset.compute_dtype == "float32" and not preset.bf16 and not preset.fp16
+        for cls in (TrainingArguments, SFTConfig, RewardConfig, DPOConfig):
+            args = trainer_arguments(cls, preset, preset.sft, "/tmp/unused")
+            assert args.bf16 is False and args.fp16 is False, cls.__name__
+    # and a GPU preset with the same field set to CPU would also stay fp32
+    forced = dataclasses.replace(PRESETS["gpu-24gb"], device="cpu")
+    assert not forced.bf16 and not forced.fp16
