@@ -248,7 +248,7 @@ def preference_pairs(conditions, rng: random.Random, heldout: bool) -> list[dict
     for index, c in enumerate(conditions):
         for lang in LANGS:
             kb = c[lang]
-            chosen_facts = [rng.choice(facts)] if heldout else facts
+            chosen_facts = rng.sample(facts, 3) if heldout else facts
             for fact in chosen_facts:
                 kinds = [k for k in REJECTED_KINDS if not (k == "incomplete" and fact in ("department", "red_flag_case"))]
                 if fact == "red_flag_case" and rng.random() < 0.5:
@@ -291,6 +291,22 @@ def question_rows(conditions, rng: random.Random, heldout: bool, per_condition: 
     return rows
 
 
+def cloze_rows(conditions) -> list[dict]:
+    """Held-out sentence openings about the knowledge base, for a greedy fact-completion test."""
+    openings = {
+        "en": {"symptoms": "The typical symptoms of {name} include", "causes": "The usual causes of {name} are",
+               "department": "The hospital department for {name} is"},
+        "zh": {"symptoms": "{name}的典型症状有", "causes": "{name}的主要病因有", "department": "{name}的就诊科室是"},
+    }
+    rows = []
+    for c in conditions:
+        for lang in LANGS:
+            for fact, opening in openings[lang].items():
+                rows.append({"text": ask(opening, c[lang], lang), "condition": c["id"], "lang": lang, "fact": fact,
+                             "key_facts": key_facts(c[lang], lang, fact)})
+    return rows
+
+
 # ---------------------------------------------------------------- writing
 def dump_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +334,7 @@ def build(out: Path) -> dict[str, int]:
         "prompts/train.jsonl": question_rows(conditions, rng, heldout=False, per_condition=2),
         "prompts/heldout.jsonl": question_rows(conditions, rng, heldout=True, per_condition=1),
         "eval/heldout_questions.jsonl": question_rows(conditions, rng, heldout=True, per_condition=0),
+        "eval/cloze.jsonl": cloze_rows(conditions),
     }
     for name, rows in files.items():
         (dump_lines if name.endswith(".txt") else dump_jsonl)(out / name, rows)
@@ -387,6 +404,9 @@ in new words.
   - `incomplete`: fewer key facts than the chosen answer.
 - `prompts/*.jsonl`: `prompt` (messages ending with the user turn), `condition`, `lang`,
   `fact`, `red_flag`, `key_facts`. Training prompts include {red_flag_prompts} red-flag cases.
+- `eval/cloze.jsonl`: `text`, a held-out sentence opening ("The typical symptoms of influenza
+  include") with the `key_facts` a greedy completion should name; it measures what pretraining
+  put into the model.
 - `eval/heldout_questions.jsonl`: every fact type for every condition and language, with held-out
   wording and the `key_facts` a correct answer must contain (for red-flag cases: the urgent-care
   marker).

@@ -23,7 +23,7 @@ def _add_preset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .stages import STAGES
+    from .stages import ALL_STAGES
 
     parser = argparse.ArgumentParser(prog="medgpt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run every stage in order, skipping finished ones unless --force, then write the report.")
     _add_preset_options(run)
     run.add_argument("--force", action="store_true", help="re-run stages that already have outputs")
-    for name, (module, summary) in STAGES.items():
+    for name, (module, summary) in ALL_STAGES.items():
         stage = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_preset_options(stage)

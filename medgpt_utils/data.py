@@ -438,3 +438,12 @@ def card_counts() -> dict[str, int]:
 
     text = (DATA_DIR / "README.md").read_text(encoding="utf-8")
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([^`]+)` \| (\d+) \|$", text, re.M)}
+
+
+def load_bundled(name: str, **kwargs):
+    """Load a bundled file by its card name (``"sft/train_single.jsonl"``) with the right loader."""
+    if name.startswith("pretrain/") or name == "eval/cloze.jsonl":
+        loader = load_pretraining
+    else:
+        loader = {"sft": load_sft, "preference": load_preference}.get(name.split("/")[0], load_prompts)
+    return loader(bundled(*name.split("/")), **kwargs)

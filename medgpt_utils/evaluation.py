@@ -42,3 +42,34 @@ def tokens_per_char(tokenizer, texts: list[str]) -> float:
     chars = sum(len(t) for t in texts)
     tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return tokens / max(chars, 1)
+
+
+def fact_found(fact: str, text: str) -> bool:
+    """Case-insensitive containment: the check every recall metric in the course uses."""
+    return fact.lower() in text.lower()
+
+
+def key_fact_recall(text: str, key_facts: list[str]) -> float:
+    """Share of the key facts that the answer states."""
+    return sum(fact_found(f, text) for f in key_facts) / len(key_facts)
+
+
+def cloze_accuracy(model, tokenizer, rows, max_new_tokens: int = 24, batch_size: int = 32) -> dict:
+    """Greedy completion of held-out sentence openings; a hit names at least one key fact."""
+    from .generation import generate
+
+    completions = generate(model, tokenizer, list(rows["text"]), max_new_tokens, batch_size)
+    hits = [any(fact_found(f, c.text) for f in facts) for c, facts in zip(completions, rows["key_facts"])]
+    return {"accuracy": sum(hits) / len(hits), "n": len(hits),
+            "examples": [(t, c.text) for t, c in zip(rows["text"][:6], completions[:6])]}
+
+
+def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_size: int = 32) -> dict:
+    """Answer held-out questions; mean key-fact recall, share ending with EOS, and the answers."""
+    from .generation import answer
+
+    answers = answer(model, tokenizer, list(rows["prompt"]), max_new_tokens, batch_size)
+    recalls = [key_fact_recall(a.text, facts) for a, facts in zip(answers, rows["key_facts"])]
+    return {"recall": sum(recalls) / len(recalls), "ended_with_eos": sum(a.ended_with_eos for a in answers) / len(answers),
+            "mean_tokens": sum(a.n_tokens for a in answers) / len(answers), "n": len(answers),
+            "answers": [a.text for a in answers], "recalls": recalls}

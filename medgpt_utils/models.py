@@ -211,6 +211,24 @@ def load_lora_model(preset: Preset, path: str | Path, task_type: str = "CAUSAL_L
     )
 
 
+def load_trainable(preset: Preset, path: str | Path, stage: str):
+    """The model a training stage updates: every weight if the preset says so, else LoRA/QLoRA."""
+    if stage in preset.full_parameter_stages:
+        return load_for_preset(preset, path)
+    return load_lora_model(preset, path)
+
+
+def save_trained(preset: Preset, stage: str, model, tokenizer, base_path: str | Path, out: Path) -> None:
+    """Save a stage's result as a standalone model in ``out`` (LoRA: adapter in ``out/adapter``, then merged)."""
+    if stage in preset.full_parameter_stages:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        return
+    model.save_pretrained(out / "adapter", safe_serialization=True)
+    merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype,
+                  trust_remote_code=preset.trust_remote_code, atomic=False)
+
+
 def count_parameters(model) -> dict:
     """Trainable and total parameter counts (4-bit weights counted as stored elements x 2)."""
     trainable = total = 0
@@ -243,11 +261,13 @@ def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_dir: str 
 
     from .artifacts import atomic_dir
 
-    loader = load_reward_model if reward else load_causal_lm
-    base = loader(base_path, compute_dtype=dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
+    if reward:
+        base = load_reward_model(base_path, tokenizer.pad_token_id, compute_dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        base = load_causal_lm(base_path, compute_dtype=dtype, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     out_dir = Path(out_dir)
     with (atomic_dir(out_dir) if atomic else contextlib.nullcontext(out_dir)) as folder:
         merged.save_pretrained(folder, safe_serialization=True)

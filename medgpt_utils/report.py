@@ -11,13 +11,17 @@ from .artifacts import METRICS_FILE, output_root
 from .presets import Preset
 
 HEADLINE_KEYS = (
-    "train_seconds", "tokens_per_second", "heldout_perplexity_before", "heldout_perplexity_after",
+    "train_seconds", "tokens_per_second", "real_tokens_per_second", "heldout_perplexity_before",
+    "heldout_perplexity_after", "cloze_before", "cloze_after", "eval_loss_before", "eval_loss_after",
+    "recall_before", "recall_after", "ended_with_eos", "accuracy_before", "accuracy_after", "accuracy_by_kind",
     "parameters", "vocab_size", "tokens_per_char",
 )
 
 
 def _fmt(value) -> str:
     if isinstance(value, dict):
+        if "accuracy" in value:
+            return _fmt(value["accuracy"])
         if "trainable" in value:
             return f"{value['trainable']:,} trainable / {value['total']:,}"
         return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())

@@ -16,9 +16,6 @@ DATA = data.DATA_DIR
 sys.path.insert(0, str(DATA))
 import templates as T  # noqa: E402
 
-LOADERS = {"pretrain": data.load_pretraining, "sft": data.load_sft, "preference": data.load_preference,
-           "prompts": data.load_prompts, "eval": data.load_prompts}
-
 
 def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
     subprocess.run([sys.executable, str(DATA / "build_data.py"), "--out", str(tmp_path)], check=True, capture_output=True)
@@ -30,7 +27,7 @@ def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(data.card_counts()))
 def test_each_file_loads_with_zero_skips_and_matches_the_card(name):
-    dataset, report = LOADERS[name.split("/")[0]](DATA / name, return_report=True)
+    dataset, report = data.load_bundled(name, return_report=True)
     assert report.skipped_total == 0 and report.read == report.kept
     assert len(dataset) == data.card_counts()[name]
 

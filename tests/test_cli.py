@@ -5,10 +5,10 @@ import sys
 import pytest
 
 from medgpt_utils import cli
-from medgpt_utils.stages import STAGES
+from medgpt_utils.stages import ALL_STAGES, STAGES
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["presets"], *[[name] for name in STAGES]])
+@pytest.mark.parametrize("command", [[], ["run"], ["presets"], *[[name] for name in ALL_STAGES]])
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "medgpt_utils.cli", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -29,7 +29,8 @@ def test_bad_override_is_a_clear_error(outputs, capsys):
 
 def test_run_writes_every_stage_and_the_report(outputs, capsys):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
-    args = ["run", "--preset", "tiny", "--set", "pt.max_steps=4", "--set", "pt.logging_steps=1"]
+    short = ["pt.max_steps=4", "pt.logging_steps=1", "sft.max_steps=2", "rm.max_steps=2", "eval_question_stride=100"]
+    args = ["run", "--preset", "tiny"] + [arg for pair in short for arg in ("--set", pair)]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     report = outputs / "tiny" / "report.md"
@@ -42,6 +43,8 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys):
     assert pt["heldout_loss_after"] < pt["heldout_loss_before"]  # even 4 steps of PT learn something
     assert len(pt["loss_history"]["loss"]) >= 4
     assert "| pt | heldout_perplexity_after |" in report.read_text()
+    assert (outputs / "tiny" / "rm" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (outputs / "tiny" / "vocab").exists()  # optional stages stay out of `run`
     # a second run skips finished stages
     assert cli.main(["run", "--preset", "tiny"]) == 0
     assert "[pt] already done" in capsys.readouterr().out

@@ -9,11 +9,12 @@ adapter on the 4-bit base (QLoRA) and merge it into a standalone model for the n
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from .. import data, models
 from ..artifacts import stage_dir, stage_done
-from ..evaluation import heldout_loss, perplexity
+from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
 from . import base
 from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
@@ -37,11 +38,15 @@ def pack_texts(texts: list[str], tokenizer, block_size: int) -> list[list[int]]:
     return [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
 
 
+def cloze_items(preset: Preset):
+    """Held-out sentence openings ("The typical symptoms of influenza include"), every Nth one."""
+    rows = data.load_bundled("eval/cloze.jsonl")
+    return rows.select(range(0, len(rows), preset.eval_question_stride))
+
+
 def load_start_model(preset: Preset):
     """The model PT trains: all weights (tiny) or a LoRA adapter on the quantized base."""
-    if preset.pretrain_full_parameters:
-        return models.load_for_preset(preset, base.model_path(preset))
-    return models.load_lora_model(preset, base.model_path(preset))
+    return models.load_trainable(preset, base.model_path(preset), STAGE)
 
 
 def run(preset: Preset) -> Path:
@@ -60,6 +65,8 @@ def run(preset: Preset) -> Path:
     metrics = {"stage": STAGE, "preset": preset.name, "train_blocks": len(blocks), "block_size": preset.block_size}
     metrics["parameters"] = models.count_parameters(model)
     metrics["heldout_loss_before"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
+    cloze = cloze_items(preset)
+    metrics["cloze_before"] = cloze_accuracy(model, tokenizer, cloze)
 
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer")
@@ -67,25 +74,14 @@ def run(preset: Preset) -> Path:
         with timed(metrics, "train_seconds"):
             result = trainer.train()
         metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
+        metrics["cloze_after"] = cloze_accuracy(model, tokenizer, cloze)
         metrics["train_tokens"] = result.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * preset.block_size
         metrics["tokens_per_second"] = round(metrics["train_tokens"] / max(metrics["train_seconds"], 1e-9), 1)
         for key in ("before", "after"):
             metrics[f"heldout_perplexity_{key}"] = perplexity(metrics[f"heldout_loss_{key}"])
         metrics["loss_history"] = loss_history(trainer)
         if is_main_process():
-            _save(preset, model, tokenizer, out)
+            shutil.rmtree(out / "trainer", ignore_errors=True)
+            models.save_trained(preset, STAGE, model, tokenizer, base.model_path(preset), out)
             save_metrics(out, metrics)
     return stage_dir(preset.name, STAGE)
-
-
-def _save(preset: Preset, model, tokenizer, out: Path) -> None:
-    import shutil
-
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-    if preset.pretrain_full_parameters:
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-    else:
-        model.save_pretrained(out / "adapter", safe_serialization=True)
-        models.merge_adapter(base.model_path(preset), out / "adapter", out, dtype=preset.torch_dtype,
-                             trust_remote_code=preset.trust_remote_code, atomic=False)

@@ -1,0 +1,44 @@
+"""Small matplotlib helpers the notebooks share."""
+
+from __future__ import annotations
+
+
+def plot_curve(history: dict, title: str, ylabel: str = "training loss", key: str = "loss"):
+    """Line plot of a ``{"step": [...], key: [...]}`` history; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(history["step"], history[key], marker=".")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_before_after(values: dict[str, tuple[float, float]], title: str):
+    """Grouped bars: for each metric name, its (before, after) values."""
+    import matplotlib.pyplot as plt
+
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [values[n][0] for n in names], width=0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [values[n][1] for n in names], width=0.4, label="after")
+    ax.set_xticks(list(xs), names)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_histograms(chosen: list[float], rejected: list[float], title: str = "reward scores on held-out pairs"):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bins = 30
+    ax.hist(chosen, bins=bins, alpha=0.6, label="chosen")
+    ax.hist(rejected, bins=bins, alpha=0.6, label="rejected")
+    ax.set(xlabel="reward r(prompt, answer)", ylabel="answers", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

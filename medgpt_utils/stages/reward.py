@@ -1,0 +1,90 @@
+"""Stage 3, reward modeling (RM): learn a score that prefers the better of two answers.
+
+Recipe: the SFT model with a scalar head (sequence classification, ``num_labels=1``) and a
+LoRA adapter reads (prompt, answer) and returns r. Trained on preference pairs with the
+pairwise (Bradley-Terry) loss  -log sigma(r_chosen - r_rejected); judged by pairwise accuracy on
+held-out pairs, overall and for every kind of rejected answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .. import data, models
+from ..artifacts import stage_dir, stage_done
+from ..presets import Preset
+from . import sft
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+
+STAGE = "rm"
+PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+
+
+def start_model_path(preset: Preset) -> Path | str:
+    """The reward model starts from the SFT model (or the preset's reward base model)."""
+    if preset.reward_base_model:
+        return preset.reward_base_model
+    if not stage_done(preset.name, sft.STAGE):
+        sft.run(preset)
+    return stage_dir(preset.name, sft.STAGE)
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
+    """r(prompt, answer) for each full conversation (the last turn is the answer)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(conversations), batch_size):
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        scores += model(**batch).logits[:, 0].float().tolist()
+    model.train(was_training)
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, pairs) -> dict:
+    """Share of pairs where r(chosen) > r(rejected), overall and by ``rejected_kind``."""
+    chosen = reward_scores(model, tokenizer, [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])])
+    rejected = reward_scores(model, tokenizer, [p + r for p, r in zip(pairs["prompt"], pairs["rejected"])])
+    wins = [c > r for c, r in zip(chosen, rejected)]
+    by_kind = defaultdict(list)
+    for kind, win in zip(pairs["rejected_kind"], wins):
+        by_kind[kind].append(win)
+    return {"accuracy": sum(wins) / len(wins), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+            "chosen_scores": chosen, "rejected_scores": rejected}
+
+
+def run(preset: Preset) -> Path:
+    from trl import RewardConfig, RewardTrainer
+
+    base_path = start_model_path(preset)
+    tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
+    train_pairs = data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+    heldout_pairs = data.load_bundled("preference/heldout.jsonl")
+    model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
+    metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model)}
+    before = pairwise_accuracy(model, tokenizer, heldout_pairs)
+    metrics.update(accuracy_before=before["accuracy"])
+
+    with stage_output(preset, STAGE) as out:
+        args = trainer_arguments(RewardConfig, preset, preset.rm, out / "trainer", max_length=preset.max_length)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train_pairs, processing_class=tokenizer)
+        with timed(metrics, "train_seconds"):
+            trainer.train()
+        after = pairwise_accuracy(model, tokenizer, heldout_pairs)
+        metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
+                       heldout_pairs=len(heldout_pairs), loss_history=loss_history(trainer),
+                       chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
+        if is_main_process():
+            shutil.rmtree(out / "trainer", ignore_errors=True)
+            model.save_pretrained(out / "adapter", safe_serialization=True)
+            models.merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
+                                 trust_remote_code=preset.trust_remote_code, atomic=False)
+            save_metrics(out, metrics)
+    return stage_dir(preset.name, STAGE)

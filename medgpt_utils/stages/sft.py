@@ -1,0 +1,94 @@
+"""Stage 2, supervised fine-tuning (SFT): teach the pretrained model to answer in turns.
+
+Recipe: single- and multi-turn dialogues go through the chat template; the loss is computed on
+the assistant tokens only (the ``{% generation %}`` marks in the template), so the model learns
+to answer, not to imitate users; a LoRA adapter trains on the PT model (4-bit base on GPU
+presets; the tiny preset trains every weight of its small model); batches group dialogues of similar length to keep padding low. Evaluated by the loss on held-out
+dialogues and by key-fact recall on held-out questions, before and after.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .. import data, models
+from ..artifacts import stage_dir, stage_done
+from ..evaluation import recall_on_questions
+from ..presets import Preset
+from . import pretrain
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+
+STAGE = "sft"
+TRAIN_FILES = ("sft/train_single.jsonl", "sft/train_multi.jsonl")
+EVAL_FILE = "sft/valid.jsonl"
+
+
+def start_model_path(preset: Preset) -> Path:
+    """SFT starts from the continued-pretraining model (built first if missing)."""
+    if not stage_done(preset.name, pretrain.STAGE):
+        pretrain.run(preset)
+    return stage_dir(preset.name, pretrain.STAGE)
+
+
+def load_datasets():
+    """Training dialogues and held-out dialogues, as TRL conversational ``messages``."""
+    train = data.load_sft([data.bundled(*name.split("/")) for name in TRAIN_FILES]).select_columns(["messages"])
+    held_out = data.load_bundled(EVAL_FILE).select_columns(["messages"])
+    return train, held_out
+
+
+def heldout_questions(preset: Preset):
+    """Every Nth held-out question: a fixed subset across conditions and languages that evaluates quickly."""
+    questions = data.load_bundled("eval/heldout_questions.jsonl")
+    return questions.select(range(0, len(questions), preset.eval_question_stride))
+
+
+def sft_config(preset: Preset, output_dir: Path, **extra):
+    from trl import SFTConfig
+
+    settings = dict(
+        max_length=preset.max_length,
+        assistant_only_loss=True,  # loss on the assistant's tokens, EOS included
+        # Batches of similar length keep padding low. Padding-free packing was slower on the CPU
+        # (one long flattened sequence per batch: 2,100 vs 3,700 tokens/s measured on the tiny preset).
+        packing=False,
+        train_sampling_strategy="group_by_length",
+    )
+    return trainer_arguments(SFTConfig, preset, preset.sft, output_dir, **{**settings, **extra})
+
+
+def real_tokens(trainer) -> int:
+    """Non-padding tokens in the processed training set (what real tokens/s counts)."""
+    return sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+
+
+def run(preset: Preset) -> Path:
+    from trl import SFTTrainer
+
+    base_path = start_model_path(preset)
+    tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
+    train_set, eval_set = load_datasets()
+    questions = heldout_questions(preset)
+    model = models.load_trainable(preset, base_path, STAGE)
+    metrics = {"stage": STAGE, "preset": preset.name, "train_dialogues": len(train_set), "parameters": models.count_parameters(model)}
+    metrics["recall_before"] = recall_on_questions(model, tokenizer, questions, preset.max_new_tokens)["recall"]
+
+    with stage_output(preset, STAGE) as out:
+        trainer = SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
+                             eval_dataset=eval_set, processing_class=tokenizer)
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        with timed(metrics, "train_seconds"):
+            result = trainer.train()
+        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+        epochs = result.metrics.get("epoch", preset.sft.epochs)
+        metrics["real_tokens_per_second"] = round(real_tokens(trainer) * epochs / metrics["train_seconds"], 1)
+        after = recall_on_questions(model, tokenizer, questions, preset.max_new_tokens)
+        metrics.update(recall_after=after["recall"], ended_with_eos=after["ended_with_eos"],
+                       mean_answer_tokens=after["mean_tokens"], heldout_questions=after["n"],
+                       loss_history=loss_history(trainer))
+        if is_main_process():
+            shutil.rmtree(out / "trainer", ignore_errors=True)
+            models.save_trained(preset, STAGE, model, tokenizer, base_path, out)
+            save_metrics(out, metrics)
+    return stage_dir(preset.name, STAGE)

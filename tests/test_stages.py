@@ -1,0 +1,95 @@
+"""Pieces of the training stages, on the tiny base model (the stages run end to end in test_cli)."""
+
+import torch
+
+from medgpt_utils import data, models
+from medgpt_utils.evaluation import key_fact_recall, tokens_per_char
+from medgpt_utils.generation import answer, generate
+from medgpt_utils.presets import PRESETS
+from medgpt_utils.stages import pretrain, reward, sft, vocab
+
+TINY = PRESETS["tiny"]
+
+
+def test_pack_texts_joins_documents_with_eos_into_full_blocks(tiny_base):
+    tokenizer = models.load_tokenizer(tiny_base)
+    texts = ["fever and cough", "头痛", "rest and fluids help"]
+    stream = []
+    for t in texts:
+        stream += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = pretrain.pack_texts(texts, tokenizer, 4)
+    assert all(len(b) == 4 for b in blocks)
+    assert sum(blocks, []) == stream[: len(blocks) * 4]  # order kept, only the partial tail left out
+    assert len(stream) - len(blocks) * 4 < 4
+    assert stream.count(tokenizer.eos_token_id) == len(texts)
+
+
+def test_new_vocabulary_rows_start_as_the_mean_of_their_pieces(tiny_base):
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.load_causal_lm(tiny_base)
+    terms = [t for t, _ in vocab.split_terms(tokenizer, vocab.knowledge_base_terms(), 3)[:5]]
+    assert len(terms) == 5
+    pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in terms}
+    old = model.get_input_embeddings().weight.detach().clone()
+    heldout = data.load_bundled("pretrain/heldout.txt")["text"]
+    before = tokens_per_char(tokenizer, heldout)
+    new_ids = vocab.add_terms(model, tokenizer, terms)
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == len(tokenizer) == old.shape[0] + 5
+    for term, new_id in zip(terms, new_ids):
+        assert torch.allclose(weight[new_id], old[pieces[term]].mean(0))
+        assert tokenizer(term, add_special_tokens=False)["input_ids"] == [new_id]
+    assert tokens_per_char(tokenizer, heldout) < before
+    ids = torch.tensor([new_ids])
+    assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_base):
+    """Left padding must not change greedy answers; tokens after EOS are dropped."""
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.load_causal_lm(tiny_base)
+    prompts = [[{"role": "user", "content": "What causes gout?"}],
+               [{"role": "user", "content": "A much longer question about the symptoms of influenza in adults?"}]]
+    together = answer(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    alone = [answer(model, tokenizer, [p], max_new_tokens=8, batch_size=1)[0] for p in prompts]
+    assert [a.text for a in together] == [a.text for a in alone]
+    assert all(a.n_tokens <= 8 for a in together)
+    assert tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_generation_stops_at_eos(tiny_base):
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.load_causal_lm(tiny_base)
+    eos = tokenizer.eos_token_id
+    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if i != eos]  # only EOS is left
+    outs = generate(model, tokenizer, ["hello", "a longer prompt here"], max_new_tokens=6)
+    assert [(o.n_tokens, o.ended_with_eos, o.text) for o in outs] == [(0, True, "")] * 2
+    model.generation_config.suppress_tokens = [eos]  # EOS impossible: runs to the limit
+    assert [(o.n_tokens, o.ended_with_eos) for o in generate(model, tokenizer, ["hello"], max_new_tokens=6)] == [(6, False)]
+
+
+def test_key_fact_recall_counts_facts_case_insensitively():
+    assert key_fact_recall("High Fever and cough.", ["high fever", "cough", "rash"]) == 2 / 3
+
+
+def test_reward_scores_and_pairwise_accuracy_by_kind(tiny_base):
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.load_reward_model(tiny_base, pad_token_id=tokenizer.pad_token_id)
+    pairs = data.load_bundled("preference/heldout.jsonl").select(range(12))
+    result = reward.pairwise_accuracy(model, tokenizer, pairs)
+    assert set(result["by_kind"]) == set(pairs["rejected_kind"])
+    assert 0.0 <= result["accuracy"] <= 1.0 and len(result["chosen_scores"]) == 12
+    # padding must not change a score: one conversation alone vs in a batch with a longer one
+    convs = [pairs[0]["prompt"] + pairs[0]["chosen"], pairs[1]["prompt"] + pairs[1]["rejected"]]
+    together = reward.reward_scores(model, tokenizer, convs)
+    alone = [reward.reward_scores(model, tokenizer, [c])[0] for c in convs]
+    assert torch.allclose(torch.tensor(together), torch.tensor(alone), atol=1e-4)
+
+
+def test_sft_config_trains_on_assistant_tokens_in_fp32(tmp_path):
+    config = sft.sft_config(TINY, tmp_path)
+    assert config.assistant_only_loss and config.max_length == TINY.max_length
+    assert not config.bf16 and not config.fp16
+    train, held_out = sft.load_datasets()
+    assert train.column_names == held_out.column_names == ["messages"]
+    assert len(train) == data.card_counts()["sft/train_single.jsonl"] + data.card_counts()["sft/train_multi.jsonl"]
