@@ -126,7 +126,7 @@ PRESETS: dict[str, Preset] = {
         lora_dropout=0.0,
         full_parameter_stages=("pt", "sft"),
         block_size=256,
-        max_length=320,  # the longest bundled conversation is 306 tokens
+        max_length=384,  # the longest bundled conversation is 378 tokens
         max_prompt_length=96,
         max_new_tokens=96,
         pt=TrainKnobs(learning_rate=1e-3, batch_size=2, epochs=6),  # small batches: more updates per token
