@@ -93,3 +93,19 @@ def test_sft_config_trains_on_assistant_tokens_in_fp32(tmp_path):
     train, held_out = sft.load_datasets()
     assert train.column_names == held_out.column_names == ["messages"]
     assert len(train) == data.card_counts()["sft/train_single.jsonl"] + data.card_counts()["sft/train_multi.jsonl"]
+
+
+def test_vocabulary_stage_on_a_4bit_base_trains_the_new_rows(tiny_base, outputs):
+    """The GPU presets' path (QLoRA + trainable new token rows), run on the CPU with the tiny model."""
+    import json
+    import shutil
+
+    from medgpt_utils.presets import override
+
+    shutil.copytree(tiny_base, outputs / "tiny" / "pt")  # stand-in for the PT stage's model
+    out = vocab.run(override(TINY, {"quantization": "4bit"}), max_new_tokens=20, train_steps=2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["added_tokens"] == 20 and metrics["vocab_after"] == metrics["vocab_before"] + 20
+    assert metrics["tokens_per_char_all_after"] < metrics["tokens_per_char_all_before"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["trainable_token_indices"]

@@ -89,12 +89,12 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     metrics["heldout_loss_after_resize"] = heldout_loss(model, tokenizer, all_heldout, preset.block_size)
 
     if preset.quantization:  # GPU presets: LoRA, plus training of the new embedding rows only
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         model = models.prepare_for_kbit_training(model, preset.gradient_checkpointing)
         config = models.lora_config_for(preset)
         config.trainable_token_indices = {"embed_tokens": new_ids}
-        model = get_peft_model(model, LoraConfig(**config.to_dict()))
+        model = get_peft_model(model, config)
     blocks = pretrain.pack_texts(data.load_bundled("pretrain/train.txt")["text"], tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
