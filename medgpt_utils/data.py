@@ -447,3 +447,9 @@ def load_bundled(name: str, **kwargs):
     else:
         loader = {"sft": load_sft, "preference": load_preference}.get(name.split("/")[0], load_prompts)
     return loader(bundled(*name.split("/")), **kwargs)
+
+
+def split_by_language(texts: list[str]) -> dict[str, list[str]]:
+    """Split bilingual texts: a text is Chinese if it holds a CJK character, else English."""
+    is_zh = [any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts]
+    return {"en": [t for t, zh in zip(texts, is_zh) if not zh], "zh": [t for t, zh in zip(texts, is_zh) if zh]}

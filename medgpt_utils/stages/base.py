@@ -37,15 +37,10 @@ def run(preset: Preset) -> Path:
                 model="tiny LLaMA built locally",
                 parameters=models.count_parameters(model)["total"],
                 vocab_size=len(tokenizer),
-                tokens_per_char={lang: round(tokens_per_char(tokenizer, _by_lang(heldout["text"], lang)), 4) for lang in ("en", "zh")},
+                tokens_per_char={lang: round(tokens_per_char(tokenizer, texts), 4)
+                                 for lang, texts in data.split_by_language(heldout["text"]).items()},
             )
         else:
             metrics.update(model=preset.base_model)
         save_metrics(out, metrics)
     return stage_dir(preset.name, STAGE)
-
-
-def _by_lang(texts: list[str], lang: str) -> list[str]:
-    """Split the bilingual corpus: a paragraph is Chinese if it holds CJK characters."""
-    is_zh = lambda t: any("\u4e00" <= ch <= "\u9fff" for ch in t)  # noqa: E731
-    return [t for t in texts if is_zh(t) == (lang == "zh")]

@@ -59,12 +59,6 @@ def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
     return new_ids
 
 
-def medical_heldout_by_lang() -> dict[str, list[str]]:
-    texts = data.load_bundled("pretrain/heldout.txt")["text"]
-    is_zh = lambda t: any("\u4e00" <= ch <= "\u9fff" for ch in t)  # noqa: E731
-    return {"en": [t for t in texts if not is_zh(t)], "zh": [t for t in texts if is_zh(t)]}
-
-
 def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_steps: int = 40) -> Path:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -74,7 +68,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     start = stage_dir(preset.name, pretrain.STAGE)
     tokenizer = models.load_tokenizer(start, preset.trust_remote_code)
     model = models.load_for_preset(preset, start)
-    heldout = medical_heldout_by_lang()
+    heldout = data.split_by_language(data.load_bundled("pretrain/heldout.txt")["text"])
     metrics = {"stage": STAGE, "preset": preset.name, "vocab_before": len(tokenizer)}
     metrics["tokens_per_char_before"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
     all_heldout = heldout["en"] + heldout["zh"]
