@@ -13,7 +13,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import tokens_per_char
 from ..presets import Preset
-from .common import save_metrics, stage_output
+from .common import save_metrics, stage_output, seed_stage
 
 STAGE = "base"
 
@@ -24,6 +24,7 @@ def model_path(preset: Preset) -> str | Path:
 
 
 def run(preset: Preset) -> Path:
+    seed_stage(preset)
     with stage_output(preset, STAGE) as out:
         metrics = {"stage": STAGE, "preset": preset.name}
         if preset.base_model is None:

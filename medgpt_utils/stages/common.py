@@ -42,6 +42,14 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
     return config_class(**args)
 
 
+def seed_stage(preset: Preset) -> None:
+    """Seed Python, NumPy and torch before a stage builds anything random (LoRA and head init,
+    data order), so a stage gives the same numbers in a notebook, in ``medgpt`` and in CI."""
+    from transformers import set_seed
+
+    set_seed(preset.seed)
+
+
 def loss_history(trainer) -> dict[str, list]:
     """Training-loss curve from the trainer's log (steps and values)."""
     logs = [e for e in trainer.state.log_history if "loss" in e]

@@ -17,7 +17,7 @@ from ..artifacts import stage_dir, stage_done
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
 from . import base
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "pt"
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def run(preset: Preset) -> Path:
 
     if preset.base_model is None and not stage_done(preset.name, base.STAGE):
         base.run(preset)
+    seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base.model_path(preset), preset.trust_remote_code)
     train_texts = data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"]
     heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]

@@ -18,7 +18,7 @@ from .. import data, models
 from ..artifacts import stage_dir, stage_done
 from ..presets import Preset
 from . import sft
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "rm"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -64,6 +64,7 @@ def run(preset: Preset) -> Path:
     from trl import RewardConfig, RewardTrainer
 
     base_path = start_model_path(preset)
+    seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
     train_pairs = data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
     heldout_pairs = data.load_bundled("preference/heldout.jsonl")

@@ -17,7 +17,7 @@ from ..artifacts import stage_dir, stage_done
 from ..evaluation import recall_on_questions
 from ..presets import Preset
 from . import pretrain
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "sft"
 TRAIN_FILES = ("sft/train_single.jsonl", "sft/train_multi.jsonl")
@@ -67,6 +67,7 @@ def run(preset: Preset) -> Path:
     from trl import SFTTrainer
 
     base_path = start_model_path(preset)
+    seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
     train_set, eval_set = load_datasets()
     questions = heldout_questions(preset)

@@ -19,7 +19,7 @@ from ..artifacts import stage_dir, stage_done
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
 from . import pretrain
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments
+from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "vocab"
 FACT_LISTS = ("symptoms", "causes", "self_care", "red_flags", "prevention")
@@ -65,6 +65,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
 
     if not stage_done(preset.name, pretrain.STAGE):
         pretrain.run(preset)
+    seed_stage(preset)  # after any missing earlier stage is built, so runs match
     start = stage_dir(preset.name, pretrain.STAGE)
     tokenizer = models.load_tokenizer(start, preset.trust_remote_code)
     model = models.load_for_preset(preset, start)
