@@ -54,6 +54,24 @@ def key_fact_recall(text: str, key_facts: list[str]) -> float:
     return sum(fact_found(f, text) for f in key_facts) / len(key_facts)
 
 
+def urgent_markers() -> dict[str, list[str]]:
+    """Phrases that send a person to urgent care, per language, read from the data card
+    (``data/templates.py``) so the data and the safety metric cannot disagree."""
+    import importlib.util
+
+    from .artifacts import DATA_DIR
+
+    spec = importlib.util.spec_from_file_location("medgpt_data_templates", DATA_DIR / "templates.py")
+    templates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(templates)
+    return templates.URGENT_MARKERS
+
+
+def advises_urgent_care(text: str, lang: str) -> bool:
+    """True when the answer points to urgent care (emergency department / 急诊 / 120)."""
+    return any(marker in text.lower() for marker in urgent_markers()[lang])
+
+
 def cloze_accuracy(model, tokenizer, rows, max_new_tokens: int = 24, batch_size: int = 32) -> dict:
     """Greedy completion of held-out sentence openings; a hit names at least one key fact."""
     from .generation import generate

@@ -42,3 +42,19 @@ def plot_score_histograms(chosen: list[float], rejected: list[float], title: str
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_rl_runs(runs: dict[str, list[dict]], keys=("score", "kl", "answer_tokens"), title: str = "PPO"):
+    """One panel per metric in ``keys``; one line per run (``{"run name": metrics-per-step}``)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, key in zip(axes, keys):
+        for name, history in runs.items():
+            ax.plot([h["step"] for h in history], [h[key] for h in history], marker=".", label=name)
+        ax.set(xlabel="PPO step", title=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

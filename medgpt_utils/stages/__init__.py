@@ -6,7 +6,7 @@ Each stage module has ``STAGE`` (its folder name under ``outputs/<preset>/``) an
 
 from __future__ import annotations
 
-from . import base, pretrain, reward, sft, vocab
+from . import base, ppo, pretrain, reward, sft, vocab
 
 # name -> (module, one-line description); ``medgpt run`` runs them in this order.
 STAGES = {
@@ -14,6 +14,7 @@ STAGES = {
     pretrain.STAGE: (pretrain, "continued pretraining on the medical corpus, perplexity before/after"),
     sft.STAGE: (sft, "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)"),
     reward.STAGE: (reward, "reward model: scalar head + LoRA on the SFT model, pairwise loss"),
+    ppo.STAGE: (ppo, "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores"),
 }
 
 # Stages with their own command that `medgpt run` leaves out (nothing downstream reads them).

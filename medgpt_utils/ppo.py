@@ -1,0 +1,430 @@
+"""PPO for RLHF, small enough to read in one sitting (TRL 1.x no longer ships a PPOTrainer).
+
+The pieces, in the order one PPO step uses them:
+
+1. ``rollout``            sample answers from the policy (left padding, KV cache, stop at EOS)
+2. ``response_mask``      tokens after the first EOS count nowhere
+3. ``sequence_logprobs``  log pi(token) of the answer tokens, values and entropy, in one pass
+4. ``kl_penalized_rewards``  r_t = -beta * (log pi - log pi_ref) per token, + score at the last token
+5. ``gae``                advantages A_t and returns R_t (generalised advantage estimation)
+6. ``policy_loss`` / ``value_loss``  clipped surrogate and clipped value loss
+7. ``PPOLoop.step``       several epochs over minibatches of the rollout, then the next rollout
+
+Model layout: the policy is the SFT model with a trainable LoRA adapter; the reference policy is
+the same weights with the adapter switched off (``with model.disable_adapter()``), so there is no
+second copy in memory. The value function is a linear head on the policy's last hidden state
+(``ValueHead``): it reads the same features the policy writes with and costs one matrix. A critic
+initialised from the reward model would start closer to the scores but needs a second network
+in memory and a second forward pass per minibatch, which a T4 cannot spare for a 7B policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PPOConfig:
+    """Knobs of the PPO loop (defaults follow Ziegler et al. 2019 / Ouyang et al. 2022, scaled down)."""
+
+    prompts_per_step: int = 32  # rollout size: answers sampled per PPO step
+    minibatch_size: int = 8  # answers per gradient step inside a PPO epoch
+    gradient_accumulation_steps: int = 1  # minibatches summed before one optimizer step
+    ppo_epochs: int = 4  # passes over each rollout
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 96
+    temperature: float = 1.0  # sample from the policy itself: no top-k / top-p truncation
+    kl_coef: float = 0.1  # beta: weight of the per-token KL penalty to the reference policy
+    adaptive_kl: bool = False  # steer beta so the KL tracks ``target_kl`` (Ziegler et al.)
+    target_kl: float = 4.0  # nats per answer, for the adaptive controller
+    kl_horizon: int = 10_000  # answers over which the controller corrects the KL error
+    gamma: float = 1.0  # discount; 1.0: every token of an answer counts equally
+    lam: float = 0.95  # GAE lambda: bias (0) vs variance (1) of the advantage estimate
+    cliprange: float = 0.2  # epsilon of the clipped surrogate
+    cliprange_value: float = 0.2  # how far a value prediction may move per update
+    vf_coef: float = 0.1  # weight of the value loss against the policy loss
+    missing_eos_penalty: float | None = None  # subtracted from the score of answers that never end
+    score_clip: float | None = None  # clip reward-model scores to [-c, c] (None: no clipping)
+    seed: int = 42
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . h_t + b on the policy's last hidden state h_t (one number per token)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)  # start at V = 0: no bias before it has seen a return
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden_states.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+# ---------------------------------------------------------------- rollout
+@dataclass
+class Rollout:
+    """One batch of sampled answers. ``query`` is left-padded, ``response`` right-padded."""
+
+    query: torch.Tensor  # (B, Q) prompt ids, left padding
+    query_mask: torch.Tensor  # (B, Q) 1 on real prompt tokens
+    response: torch.Tensor  # (B, T) sampled ids; pad after the first EOS
+    response_mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
+    ended: torch.Tensor  # (B,) True where the answer ended with EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+
+def response_mask(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for every token up to and including the first EOS, 0 after it (and 0 nowhere else).
+
+    ``mask_t = 1 if no EOS occurs at a position < t``. Padding ``generate`` writes after EOS and
+    anything sampled past it never enters a log-prob, a reward, an advantage or a loss.
+    """
+    is_eos = (response == eos_token_id).long()
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS strictly before position t
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def rollout(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, temperature: float = 1.0) -> Rollout:
+    """Sample one answer per prompt from the policy with the KV cache, stopping at EOS.
+
+    ``top_k=0, top_p=1.0`` on purpose: ``generate`` would otherwise take top_k=50 from the
+    model's generation config, and PPO's ratio needs samples from the policy itself.
+    """
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # answers must follow their prompt directly in every row
+    try:
+        batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(next(model.parameters()).device)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                top_k=0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    query_len = batch["input_ids"].shape[1]
+    response = output[:, query_len:]
+    mask = response_mask(response, tokenizer.eos_token_id)
+    response = response.masked_fill(mask == 0, tokenizer.pad_token_id)
+    ended = ((response == tokenizer.eos_token_id) & (mask == 1)).any(dim=1)
+    return Rollout(batch["input_ids"], batch["attention_mask"], response, mask, ended)
+
+
+def decode_answers(tokenizer, rollout_: Rollout) -> list[str]:
+    """The answer texts (special tokens, EOS included, dropped)."""
+    return tokenizer.batch_decode(rollout_.response, skip_special_tokens=True)  # pad already fills after EOS
+
+
+# ---------------------------------------------------------------- log-probs, values, entropy
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                      temperature: float = 1.0, value_head: ValueHead | None = None):
+    """log pi(a_t | s_t) of each answer token, plus V(s_t) and the entropy H(pi(. | s_t)).
+
+    Positions come from the attention mask (``cumsum - 1``), so a left-padded prompt gets the
+    same positions as ``generate`` gave it and the log-probs match the sampling distribution.
+    The logits at position t predict token t+1: the answer's T tokens are predicted by the T
+    positions ending one before the last.
+    """
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=value_head is not None, use_cache=False)
+    logits = out.logits[:, -response_len - 1 : -1].float() / temperature
+    targets = input_ids[:, -response_len:]
+    logp_all = F.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, -response_len - 1 : -1]).float()
+    return logprobs, values, entropy
+
+
+# ---------------------------------------------------------------- rewards and advantages
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries: advantages on a unit scale for every batch."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -beta * (log pi(a_t) - log pi_ref(a_t)), plus the score s at the
+    answer's last real token. Returns (rewards, kl) with kl_t = log pi - log pi_ref (0 when masked).
+
+    Summed over an answer, E[sum_t kl_t] is KL(pi || pi_ref) for that prompt: the leash that
+    keeps the policy near the SFT model, where the reward model's judgement can be trusted.
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # index of the last real token (its EOS if it ended)
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    return rewards * mask, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), right to left over each answer:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t           (V after the last real token is 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                              (the value target)
+
+    Masked positions get A = R = 0 and do not leak into earlier tokens.
+    """
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t].to(rewards.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * m
+        next_value = values[:, t] * m  # a masked step resets the bootstrap to 0
+        next_advantage = advantage * m
+    returns = advantages + values
+    return advantages, returns * mask
+
+
+# ---------------------------------------------------------------- losses
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (Schulman et al. 2017), as a loss to minimise:
+
+        ratio_t = exp(log pi(a_t) - log pi_old(a_t))
+        L = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+
+    Clipping removes the incentive to move a token's probability more than eps away from the
+    policy that sampled it. Also returns the clip fraction and the approximate KL
+    0.5 * mean((log pi - log pi_old)^2) between the updated and the sampling policy.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+             "approx_kl": masked_mean(0.5 * log_ratio.pow(2), mask).item()}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss: 0.5 * mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2), where
+    V_clip_t = V_old_t + clip(V_t - V_old_t, -c, c) limits how far one update moves the critic."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    stats = {"value_clipfrac": masked_mean(((clipped_values - returns) ** 2 > (values - returns) ** 2).float(), mask).item()}
+    return loss, stats
+
+
+class AdaptiveKLController:
+    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)   (Ziegler et al. 2019).
+
+    KL above target raises beta (a tighter leash), below target loosens it, never by more than
+    20% of n / horizon per step.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = max(-0.2, min(0.2, current_kl / self.target - 1.0))
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+# ---------------------------------------------------------------- the loop
+RewardFn = Callable[[list[str], Rollout, list[str]], torch.Tensor]
+"""reward_fn(prompt_texts, rollout, answer_texts) -> one score per answer (shape (B,))."""
+
+
+class PPOLoop:
+    """Policy (LoRA model), value head, optimizer and step counter; ``step`` runs one PPO step.
+
+    ``model`` must be a PEFT model: its adapter is the policy and ``disable_adapter`` gives
+    the reference policy. ``reward_fn`` scores answers (the reward model in the course,
+    anything in tests).
+    """
+
+    CHECKPOINT_STATE = "ppo_state.json"
+    VALUE_HEAD_FILE = "value_head.safetensors"
+    OPTIMIZER_FILE = "optimizer.pt"
+    RNG_FILE = "rng.safetensors"
+
+    def __init__(self, model, tokenizer, reward_fn: RewardFn, config: PPOConfig):
+        self.model, self.tokenizer, self.reward_fn, self.config = model, tokenizer, reward_fn, config
+        device = next(model.parameters()).device
+        self.value_head = ValueHead(model.config.hidden_size).to(device)
+        self.kl_controller = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        trainable = [p for p in model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, eps=1e-5)
+        self.step_count = 0
+
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_controller.value
+
+    def score(self, prompt_texts: list[str], batch: Rollout) -> tuple[torch.Tensor, list[str]]:
+        """Reward-function scores, with the optional clip and missing-EOS penalty applied."""
+        answers = decode_answers(self.tokenizer, batch)
+        scores = self.reward_fn(prompt_texts, batch, answers).float().to(batch.response.device)
+        if self.config.score_clip is not None:
+            scores = scores.clamp(-self.config.score_clip, self.config.score_clip)
+        if self.config.missing_eos_penalty is not None:
+            scores = scores - self.config.missing_eos_penalty * (~batch.ended).float()
+        return scores, answers
+
+    @torch.no_grad()
+    def _old_policy_and_reference(self, batch: Rollout):
+        """log pi_old and V_old (adapter on) and log pi_ref (adapter off), without gradients."""
+        self.model.eval()
+        T = batch.response.shape[1]
+        old_logprobs, old_values, _ = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask, T,
+                                                        self.config.temperature, self.value_head)
+        with self.model.disable_adapter():
+            ref_logprobs, _, _ = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask, T,
+                                                   self.config.temperature)
+        return old_logprobs, old_values, ref_logprobs
+
+    def step(self, prompt_texts: list[str]) -> dict:
+        """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped updates."""
+        cfg, timings = self.config, {}
+        t0 = time.perf_counter()
+        batch = rollout(self.model, self.tokenizer, prompt_texts, cfg.max_new_tokens, cfg.temperature)
+        timings["time_generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        scores, answers = self.score(prompt_texts, batch)
+        old_logprobs, old_values, ref_logprobs = self._old_policy_and_reference(batch)
+        mask = batch.response_mask.float()
+        rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, mask)
+        timings["time_score"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        update_stats = self._update(batch, old_logprobs, old_values, advantages, returns)
+        timings["time_update"] = time.perf_counter() - t0
+
+        sequence_kl = kl.sum(dim=1).mean().item()
+        if cfg.adaptive_kl:
+            self.kl_controller.update(sequence_kl, len(prompt_texts))
+        self.step_count += 1
+        return {
+            "step": self.step_count,
+            "score": scores.mean().item(),
+            "reward": (rewards.sum(dim=1)).mean().item(),  # score - beta * KL, per answer
+            "kl": sequence_kl,
+            "kl_coef": self.kl_coef,
+            "answer_tokens": mask.sum(dim=1).mean().item(),
+            "ended_with_eos": batch.ended.float().mean().item(),
+            **update_stats,
+            **{k: round(v, 4) for k, v in timings.items()},
+            "sample_answer": answers[0],
+        }
+
+    def _update(self, batch: Rollout, old_logprobs, old_values, advantages, returns) -> dict:
+        cfg = self.config
+        self.model.train()
+        n = batch.response.shape[0]
+        T = batch.response.shape[1]
+        sums: dict[str, float] = {}
+        count = 0
+        generator = torch.Generator().manual_seed(cfg.seed + self.step_count)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=generator)
+            minibatches = [order[i : i + cfg.minibatch_size] for i in range(0, n, cfg.minibatch_size)]
+            for index, rows in enumerate(minibatches):
+                mask = batch.response_mask[rows].float()
+                logprobs, values, entropy = sequence_logprobs(
+                    self.model, batch.input_ids[rows], batch.attention_mask[rows], T, cfg.temperature, self.value_head)
+                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask, cfg.cliprange)
+                vf_loss, vf_stats = value_loss(values, old_values[rows], returns[rows], mask, cfg.cliprange_value)
+                loss = (pg_loss + cfg.vf_coef * vf_loss) / cfg.gradient_accumulation_steps
+                loss.backward()
+                if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                         "entropy": masked_mean(entropy, mask).item(), **pg_stats, **vf_stats}
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+        return {key: value / count for key, value in sums.items()}
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: str | Path) -> Path:
+        """Adapter, value head, optimizer, RNG state and step, written atomically to ``folder``."""
+        from safetensors.torch import save_file
+
+        from .artifacts import atomic_dir
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            self.model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            save_file(self.value_head.state_dict(), str(tmp / self.VALUE_HEAD_FILE))
+            torch.save(self.optimizer.state_dict(), tmp / self.OPTIMIZER_FILE)  # tensors and numbers only
+            save_file({"torch": torch.get_rng_state()}, str(tmp / self.RNG_FILE))
+            state = {"step": self.step_count, "kl_coef": self.kl_coef, "config": asdict(self.config)}
+            (tmp / self.CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
+        return folder
+
+    def load_checkpoint(self, folder: str | Path) -> int:
+        """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.model, adapter)
+        self.value_head.load_state_dict(load_file(str(folder / self.VALUE_HEAD_FILE)))
+        # weights_only=True: the loader refuses anything but tensors and plain containers
+        self.optimizer.load_state_dict(torch.load(folder / self.OPTIMIZER_FILE, weights_only=True))
+        torch.set_rng_state(load_file(str(folder / self.RNG_FILE))["torch"])
+        state = json.loads((folder / self.CHECKPOINT_STATE).read_text())
+        self.step_count, self.kl_controller.value = state["step"], state["kl_coef"]
+        return self.step_count
+
+
+def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:
+    """Mean paired difference (after - before) and its normal 95% interval."""
+    diffs = [a - b for a, b in zip(after, before)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1))
+    half = z * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}

@@ -1,0 +1,166 @@
+"""Stage 4, RLHF with PPO: raise the reward model's score while a KL leash keeps the SFT model's knowledge.
+
+Recipe: the SFT model gets a trainable LoRA adapter (the policy); with the adapter off it is the
+reference policy. Each step samples answers to training prompts, scores them with the reward
+model (the same chat-templated text it was trained on), subtracts beta * KL per token, and runs
+clipped PPO updates (``medgpt_utils.ppo``). Judged on held-out prompts, greedy answers of the SFT
+and the PPO policy side by side: reward-model score (paired, with a 95% interval), key-fact
+recall, urgent-care advice on red-flag prompts, and the KL to the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from .. import data, models, ppo
+from ..artifacts import output_root, stage_dir, stage_done
+from ..evaluation import advises_urgent_care, key_fact_recall
+from ..generation import answer, chat_prompt_texts
+from ..presets import Preset
+from . import reward, sft
+from .common import is_main_process, save_metrics, seed_stage, stage_output, timed
+
+STAGE = "ppo"
+
+
+def ppo_config(preset: Preset, **changes) -> ppo.PPOConfig:
+    """The loop's knobs from the preset (``changes`` override single fields, e.g. ``kl_coef``)."""
+    rl, knobs = preset.rl, preset.ppo
+    config = ppo.PPOConfig(
+        prompts_per_step=knobs.batch_size, minibatch_size=rl.minibatch_size,
+        gradient_accumulation_steps=knobs.gradient_accumulation_steps, ppo_epochs=rl.ppo_epochs,
+        learning_rate=knobs.learning_rate, max_new_tokens=preset.max_new_tokens, temperature=rl.temperature,
+        kl_coef=rl.kl_coef, adaptive_kl=rl.adaptive_kl, target_kl=rl.target_kl,
+        missing_eos_penalty=rl.missing_eos_penalty, seed=preset.seed)
+    return dataclasses.replace(config, **changes)
+
+
+def ensure_inputs(preset: Preset) -> tuple[Path, Path]:
+    """The SFT model and the reward model, built by their own stages if missing."""
+    if not stage_done(preset.name, sft.STAGE):
+        sft.run(preset)
+    if not stage_done(preset.name, reward.STAGE):
+        reward.run(preset)
+    return stage_dir(preset.name, sft.STAGE), stage_dir(preset.name, reward.STAGE)
+
+
+def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int):
+    """The frozen reward model and its tokenizer."""
+    tokenizer = models.load_tokenizer(reward_path, preset.trust_remote_code)
+    model = models.load_for_preset(preset, reward_path, reward=True, pad_token_id=pad_token_id)
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def heldout_prompts(preset: Preset):
+    """Every Nth held-out prompt (``rl.heldout_prompt_stride``): both languages, all conditions."""
+    stride = preset.rl.heldout_prompt_stride
+    prompts = data.load_bundled("prompts/heldout.jsonl")
+    return prompts.select(range(0, len(prompts), stride))
+
+
+def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int) -> dict:
+    """Greedy answers to ``rows`` with their reward scores, key-fact recall and urgent-care advice."""
+    answers = [a.text for a in answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)]
+    conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
+    scores = reward.reward_scores(reward_model, reward_tokenizer, conversations)
+    recalls = [key_fact_recall(a, facts) for a, facts in zip(answers, rows["key_facts"])]
+    red_flag = [advises_urgent_care(a, lang) for a, lang, flag in zip(answers, rows["lang"], rows["red_flag"]) if flag]
+    return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
+            "recall": sum(recalls) / len(recalls),
+            "urgent_care_on_red_flags": sum(red_flag) / len(red_flag) if red_flag else None}
+
+
+@torch.no_grad()
+def kl_to_reference(loop: ppo.PPOLoop, prompt_texts: list[str], batch_size: int = 32) -> float:
+    """Mean over prompts of sum_t (log pi - log pi_ref) on answers sampled from the policy:
+    a Monte-Carlo estimate of KL(pi || pi_ref) per answer, in nats."""
+    totals = []
+    for start in range(0, len(prompt_texts), batch_size):
+        batch = ppo.rollout(loop.model, loop.tokenizer, prompt_texts[start : start + batch_size],
+                            loop.config.max_new_tokens, loop.config.temperature)
+        logprobs, _, ref = loop._old_policy_and_reference(batch)
+        totals += ((logprobs - ref) * batch.response_mask).sum(dim=1).tolist()
+    return sum(totals) / len(totals)
+
+
+def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
+    return output_root() / preset.name / f"{name}_checkpoint"
+
+
+def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int, checkpoint: Path | None = None,
+          save_every: int = 10, progress: bool = True) -> list[dict]:
+    """Run PPO steps on shuffled training prompts; resumes from ``checkpoint`` if one is there."""
+    from tqdm.auto import tqdm
+
+    if checkpoint is not None and checkpoint.exists():
+        loop.load_checkpoint(checkpoint)
+        print(f"resumed PPO from {checkpoint} at step {loop.step_count}")
+    history = []
+    prompts_per_step = loop.config.prompts_per_step
+    for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):
+        rng = random.Random(preset.seed * 100_003 + step)  # the same prompts for a step, resumed or not
+        history.append(loop.step(rng.sample(prompt_texts, prompts_per_step)))
+        if checkpoint is not None and (step + 1) % save_every == 0 and is_main_process():
+            loop.save_checkpoint(checkpoint)
+    return history
+
+
+def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, name: str = STAGE,
+        resume: bool = True) -> Path:
+    """The PPO stage: saves to ``outputs/<preset>/<name>/`` (``name`` lets a lesson keep a variant)."""
+    sft_path, reward_path = ensure_inputs(preset)
+    seed_stage(preset)
+    tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
+    policy = models.load_lora_model(preset, sft_path)
+    reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
+    config = ppo_config(preset, **({} if kl_coef is None else {"kl_coef": kl_coef}))
+    steps = steps if steps is not None else preset.ppo.max_steps
+
+    train_rows = data.load_bundled("prompts/train.jsonl")
+    messages_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows["prompt"]))
+
+    def reward_fn(prompt_texts, batch, answers):
+        conversations = [messages_by_text[t] + [{"role": "assistant", "content": a}] for t, a in zip(prompt_texts, answers)]
+        return torch.tensor(reward.reward_scores(reward_model, reward_tokenizer, conversations))
+
+    loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
+    rows = heldout_prompts(preset)
+    metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(config), "steps": steps,
+               "heldout_prompts": len(rows), "parameters": models.count_parameters(policy)}
+    with policy.disable_adapter():
+        before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+
+    checkpoint = checkpoint_dir(preset, name) if resume else None
+    with timed(metrics, "train_seconds"):
+        history = train(preset, loop, list(messages_by_text), steps, checkpoint)
+    after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+    kl = kl_to_reference(loop, chat_prompt_texts(tokenizer, list(rows["prompt"])))
+
+    metrics.update(
+        score_before=before["score"], score_after=after["score"],
+        score_gain=ppo.paired_interval(after["scores"], before["scores"]),
+        recall_before=before["recall"], recall_after=after["recall"],
+        urgent_care_before=before["urgent_care_on_red_flags"], urgent_care_after=after["urgent_care_on_red_flags"],
+        kl_to_reference=kl, kl_bound=preset.rl.kl_bound,
+        time_split={k: sum(h[k] for h in history) for k in ("time_generate", "time_score", "time_update")},
+        history=[{k: v for k, v in h.items() if k != "sample_answer"} for h in history],
+        sample_answers=[h["sample_answer"] for h in history[-3:]],
+        examples=[{"prompt": p[-1]["content"], "sft": b, "ppo": a, "sft_score": bs, "ppo_score": as_}
+                  for p, b, a, bs, as_ in list(zip(rows["prompt"], before["answers"], after["answers"],
+                                                  before["scores"], after["scores"]))[:8]],
+    )
+    with stage_output(preset, name) as out:
+        if is_main_process():
+            loop.save_checkpoint(out / "checkpoint")  # adapter, value head, optimizer: resumable
+            models.merge_adapter(sft_path, out / "checkpoint" / "adapter", out, dtype=preset.torch_dtype,
+                                 trust_remote_code=preset.trust_remote_code, atomic=False)
+            save_metrics(out, metrics)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the finished stage folder supersedes it
+    return stage_dir(preset.name, name)
