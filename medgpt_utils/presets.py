@@ -49,6 +49,17 @@ class RLKnobs:
 
 
 @dataclass(frozen=True)
+class PreferenceKnobs:
+    """Method-specific knobs of DPO, ORPO and GRPO (learning rate, batch and steps are in their TrainKnobs)."""
+
+    dpo_beta: float = 0.1  # DPO: strength of the implicit KL leash to the reference (SFT) model
+    orpo_beta: float = 0.1  # ORPO: weight (lambda) of the odds-ratio term next to the SFT loss
+    grpo_num_generations: int = 4  # GRPO: answers sampled per prompt; each is judged against its group
+    grpo_beta: float = 0.04  # GRPO: KL penalty to the reference (0 drops the reference entirely)
+    urgent_care_reward: float = 1.0  # GRPO rule reward weight: red-flag prompts must advise urgent care (0: off)
+
+
+@dataclass(frozen=True)
 class TinyArchitecture:
     """Shape of the LLaMA-architecture model the ``tiny`` preset builds from scratch."""
 
@@ -101,6 +112,7 @@ class Preset:
     grpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
     ppo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
     rl: RLKnobs = field(default_factory=RLKnobs)
+    preference: PreferenceKnobs = field(default_factory=PreferenceKnobs)
     eval_question_stride: int = 5  # evaluate every Nth held-out question (5: 235 of 1,176)
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False  # off unless the user asks for it

@@ -14,7 +14,7 @@ HEADLINE_KEYS = (
     "train_seconds", "tokens_per_second", "real_tokens_per_second", "heldout_perplexity_before",
     "heldout_perplexity_after", "cloze_before", "cloze_after", "eval_loss_before", "eval_loss_after",
     "recall_before", "recall_after", "ended_with_eos", "accuracy_before", "accuracy_after", "accuracy_by_kind",
-    "parameters", "vocab_size", "tokens_per_char", "score_before", "score_after", "score_gain",
+    "parameters", "vocab_size", "tokens_per_char", "score_before", "score_after", "score_gain", "win_rate", "peak_memory_gib",
     "urgent_care_before", "urgent_care_after", "kl_to_reference", "time_split",
 )
 

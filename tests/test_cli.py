@@ -30,7 +30,8 @@ def test_bad_override_is_a_clear_error(outputs, capsys):
 def test_run_writes_every_stage_and_the_report(outputs, capsys):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
     short = ["pt.max_steps=4", "pt.logging_steps=1", "sft.max_steps=2", "rm.max_steps=2", "eval_question_stride=100",
-             "ppo.max_steps=2", "ppo.batch_size=4", "rl.minibatch_size=2", "rl.heldout_prompt_stride=40"]
+             "ppo.max_steps=2", "ppo.batch_size=4", "rl.minibatch_size=2", "rl.heldout_prompt_stride=40",
+             "dpo.max_steps=2", "orpo.max_steps=2", "grpo.max_steps=2"]
     args = ["run", "--preset", "tiny"] + [arg for pair in short for arg in ("--set", pair)]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
@@ -51,6 +52,12 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys):
     assert (outputs / "tiny" / "ppo" / "model.safetensors").is_file()  # merged policy for inference
     assert not (outputs / "tiny" / "ppo_checkpoint").exists()  # the finished stage supersedes it
     assert "| ppo | score_gain |" in report.read_text()
+    for method in ("dpo", "orpo", "grpo"):
+        metrics = json.loads((outputs / "tiny" / method / "metrics.json").read_text())
+        assert len(metrics["scores_after"]) == metrics["heldout_prompts"] and 0 <= metrics["win_rate"] <= 1
+        assert (outputs / "tiny" / method / "adapter" / "adapter_model.safetensors").is_file()
+        assert (outputs / "tiny" / method / "model.safetensors").is_file()
+        assert f"| {method} | win_rate |" in report.read_text()
     assert not (outputs / "tiny" / "vocab").exists()  # optional stages stay out of `run`
     # a second run skips finished stages
     assert cli.main(["run", "--preset", "tiny"]) == 0

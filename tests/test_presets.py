@@ -90,3 +90,18 @@ def test_no_cpu_preset_turns_on_half_precision():
     # and a GPU preset with the same field set to CPU would also stay fp32
     forced = dataclasses.replace(PRESETS["gpu-24gb"], device="cpu")
     assert not forced.bf16 and not forced.fp16
+
+
+def test_alignment_stage_configs_stay_fp32_on_cpu_and_carry_the_preset_knobs():
+    from medgpt_utils.stages import dpo, grpo, orpo
+
+    tiny = PRESETS["tiny"]
+    for build in (dpo.dpo_config, orpo.orpo_config, grpo.grpo_config):
+        args = build(tiny, "/tmp/unused")
+        assert args.bf16 is False and args.fp16 is False, build.__name__
+    assert dpo.dpo_config(tiny, "/tmp/unused").beta == tiny.preference.dpo_beta
+    assert orpo.orpo_config(tiny, "/tmp/unused").beta == tiny.preference.orpo_beta
+    config = grpo.grpo_config(tiny, "/tmp/unused")
+    assert config.num_generations == tiny.preference.grpo_num_generations
+    assert config.top_k == 0 and config.top_p == 1.0  # samples from the policy itself
+    assert config.reward_weights == [1.0, tiny.preference.urgent_care_reward]

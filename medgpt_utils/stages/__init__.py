@@ -6,7 +6,7 @@ Each stage module has ``STAGE`` (its folder name under ``outputs/<preset>/``) an
 
 from __future__ import annotations
 
-from . import base, ppo, pretrain, reward, sft, vocab
+from . import base, dpo, grpo, orpo, ppo, pretrain, reward, sft, vocab
 
 # name -> (module, one-line description); ``medgpt run`` runs them in this order.
 STAGES = {
@@ -15,6 +15,9 @@ STAGES = {
     sft.STAGE: (sft, "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)"),
     reward.STAGE: (reward, "reward model: scalar head + LoRA on the SFT model, pairwise loss"),
     ppo.STAGE: (ppo, "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores"),
+    dpo.STAGE: (dpo, "DPO: preference pairs, reference = the SFT model (adapter off), no reward model"),
+    orpo.STAGE: (orpo, "ORPO: SFT loss + odds-ratio preference term, no reference model"),
+    grpo.STAGE: (grpo, "GRPO: group-relative advantages from the reward model + an urgent-care rule"),
 }
 
 # Stages with their own command that `medgpt run` leaves out (nothing downstream reads them).

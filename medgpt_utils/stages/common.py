@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,53 @@ def timed(record: dict, key: str):
     start = time.perf_counter()
     yield
     record[key] = round(time.perf_counter() - start, 2)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; elsewhere the peak so far from ``resource``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - macOS and others
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+@contextmanager
+def peak_memory(record: dict, preset: Preset, key: str = "peak_memory_gib"):
+    """Peak memory while the block runs: GPU memory allocated by torch on CUDA presets; on the
+    CPU, the process's peak resident memory (sampled every 50 ms), which includes the models
+    already loaded, so compare it between methods run the same way."""
+    import threading
+
+    import torch
+
+    if preset.device == "cuda" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        yield
+        record[key] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        record[key + "_kind"] = "cuda max allocated"
+        return
+    peak = [_resident_bytes()]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], _resident_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        peak[0] = max(peak[0], _resident_bytes())
+        record[key] = round(peak[0] / 2**30, 3)
+        record[key + "_kind"] = "process resident (CPU)"
 
 
 @contextmanager

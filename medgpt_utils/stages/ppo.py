@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from .. import data, models, ppo
-from ..artifacts import output_root, stage_dir, stage_done
-from ..evaluation import advises_urgent_care, key_fact_recall
-from ..generation import answer, chat_prompt_texts
+from ..artifacts import output_root, stage_dir
+from ..generation import chat_prompt_texts
 from ..presets import Preset
-from . import reward, sft
-from .common import is_main_process, save_metrics, seed_stage, stage_output, timed
+from . import reward
+from .alignment import comparison, ensure_inputs, examples, heldout_prompts, judge, kl_to_reference, load_reward_scorer
+from .common import is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
 
 STAGE = "ppo"
 
@@ -38,55 +38,6 @@ def ppo_config(preset: Preset, **changes) -> ppo.PPOConfig:
         kl_coef=rl.kl_coef, adaptive_kl=rl.adaptive_kl, target_kl=rl.target_kl,
         missing_eos_penalty=rl.missing_eos_penalty, seed=preset.seed)
     return dataclasses.replace(config, **changes)
-
-
-def ensure_inputs(preset: Preset) -> tuple[Path, Path]:
-    """The SFT model and the reward model, built by their own stages if missing."""
-    if not stage_done(preset.name, sft.STAGE):
-        sft.run(preset)
-    if not stage_done(preset.name, reward.STAGE):
-        reward.run(preset)
-    return stage_dir(preset.name, sft.STAGE), stage_dir(preset.name, reward.STAGE)
-
-
-def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int):
-    """The frozen reward model and its tokenizer."""
-    tokenizer = models.load_tokenizer(reward_path, preset.trust_remote_code)
-    model = models.load_for_preset(preset, reward_path, reward=True, pad_token_id=pad_token_id)
-    model.eval().requires_grad_(False)
-    return model, tokenizer
-
-
-def heldout_prompts(preset: Preset):
-    """Every Nth held-out prompt (``rl.heldout_prompt_stride``): both languages, all conditions."""
-    stride = preset.rl.heldout_prompt_stride
-    prompts = data.load_bundled("prompts/heldout.jsonl")
-    return prompts.select(range(0, len(prompts), stride))
-
-
-def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int) -> dict:
-    """Greedy answers to ``rows`` with their reward scores, key-fact recall and urgent-care advice."""
-    answers = [a.text for a in answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)]
-    conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
-    scores = reward.reward_scores(reward_model, reward_tokenizer, conversations)
-    recalls = [key_fact_recall(a, facts) for a, facts in zip(answers, rows["key_facts"])]
-    red_flag = [advises_urgent_care(a, lang) for a, lang, flag in zip(answers, rows["lang"], rows["red_flag"]) if flag]
-    return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
-            "recall": sum(recalls) / len(recalls),
-            "urgent_care_on_red_flags": sum(red_flag) / len(red_flag) if red_flag else None}
-
-
-@torch.no_grad()
-def kl_to_reference(loop: ppo.PPOLoop, prompt_texts: list[str], batch_size: int = 32) -> float:
-    """Mean over prompts of sum_t (log pi - log pi_ref) on answers sampled from the policy:
-    a Monte-Carlo estimate of KL(pi || pi_ref) per answer, in nats."""
-    totals = []
-    for start in range(0, len(prompt_texts), batch_size):
-        batch = ppo.rollout(loop.model, loop.tokenizer, prompt_texts[start : start + batch_size],
-                            loop.config.max_new_tokens, loop.config.temperature)
-        logprobs, _, ref = loop._old_policy_and_reference(batch)
-        totals += ((logprobs - ref) * batch.response_mask).sum(dim=1).tolist()
-    return sum(totals) / len(totals)
 
 
 def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
@@ -137,23 +88,19 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
 
     checkpoint = checkpoint_dir(preset, name) if resume else None
-    with timed(metrics, "train_seconds"):
+    with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
         history = train(preset, loop, list(messages_by_text), steps, checkpoint)
     after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
-    kl = kl_to_reference(loop, chat_prompt_texts(tokenizer, list(rows["prompt"])))
+    kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
+                         config.max_new_tokens, config.temperature)
 
     metrics.update(
-        score_before=before["score"], score_after=after["score"],
-        score_gain=ppo.paired_interval(after["scores"], before["scores"]),
-        recall_before=before["recall"], recall_after=after["recall"],
-        urgent_care_before=before["urgent_care_on_red_flags"], urgent_care_after=after["urgent_care_on_red_flags"],
+        comparison(before, after),
         kl_to_reference=kl, kl_bound=preset.rl.kl_bound,
         time_split={k: sum(h[k] for h in history) for k in ("time_generate", "time_score", "time_update")},
         history=[{k: v for k, v in h.items() if k != "sample_answer"} for h in history],
         sample_answers=[h["sample_answer"] for h in history[-3:]],
-        examples=[{"prompt": p[-1]["content"], "sft": b, "ppo": a, "sft_score": bs, "ppo_score": as_}
-                  for p, b, a, bs, as_ in list(zip(rows["prompt"], before["answers"], after["answers"],
-                                                  before["scores"], after["scores"]))[:8]],
+        examples=examples(rows, before, after),
     )
     with stage_output(preset, name) as out:
         if is_main_process():

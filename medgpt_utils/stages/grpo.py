@@ -1,0 +1,59 @@
+"""Stage 5c, group relative policy optimisation (GRPO): PPO without a value function.
+
+Recipe: for each prompt sample G answers, score them (the course's reward model, plus a rule
+reward: a red-flag case must be answered with advice to seek urgent care, in zh and en), and use
+each answer's score relative to its group as its advantage,  A_i = (r_i - mean(r)) / std(r)
+(Shao et al. 2024). The clipped surrogate and a KL penalty to the reference (adapter off) are as in
+PPO. The group replaces the critic, so there is no value head to train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data
+from ..evaluation import advises_urgent_care
+from ..presets import Preset
+from .alignment import train_and_judge
+from .common import trainer_arguments
+
+STAGE = "grpo"
+
+
+def urgent_care_rule(prompts, completions, red_flag, lang, **_) -> list[float]:
+    """+1 when a red-flag case is answered with urgent-care advice, -1 when it is not, 0 otherwise."""
+    rewards = []
+    for completion, flagged, language in zip(completions, red_flag, lang):
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        rewards.append(0.0 if not flagged else 1.0 if advises_urgent_care(text, language) else -1.0)
+    return rewards
+
+
+def grpo_config(preset: Preset, output_dir):
+    from trl import GRPOConfig
+
+    knobs = preset.preference
+    use_rule = knobs.urgent_care_reward > 0
+    return trainer_arguments(
+        GRPOConfig, preset, preset.grpo, output_dir,
+        num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta,
+        max_completion_length=preset.max_new_tokens,
+        temperature=preset.rl.temperature, top_k=0, top_p=1.0,  # sample from the policy itself
+        reward_weights=[1.0, knobs.urgent_care_reward] if use_rule else [1.0],
+        log_completions=False,
+    )
+
+
+def run(preset: Preset) -> Path:
+    from trl import GRPOTrainer
+
+    prompts = data.load_bundled("prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang"])
+
+    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir):
+        config = grpo_config(preset, workdir)
+        funcs = [reward_model] + ([urgent_care_rule] if len(config.reward_weights) > 1 else [])
+        return GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=prompts,
+                           processing_class=tokenizer,
+                           reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))
+
+    return train_and_judge(preset, STAGE, build)
