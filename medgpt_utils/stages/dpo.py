@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data
 from ..presets import Preset
 from .alignment import train_and_judge
+from .reward import training_pairs
 from .common import trainer_arguments
 
 STAGE = "dpo"
-PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def dpo_config(preset: Preset, output_dir):
@@ -29,7 +28,7 @@ def dpo_config(preset: Preset, output_dir):
 def run(preset: Preset) -> Path:
     from trl import DPOTrainer
 
-    pairs = data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+    pairs = training_pairs()
 
     def build(policy, tokenizer, reward_model, reward_tokenizer, workdir):
         # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data
 from ..presets import Preset
 from .alignment import train_and_judge
+from .reward import training_pairs
 from .common import trainer_arguments
 
 STAGE = "orpo"
-PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def orpo_config(preset: Preset, output_dir):
@@ -28,7 +27,7 @@ def orpo_config(preset: Preset, output_dir):
 def run(preset: Preset) -> Path:
     from trl.experimental.orpo import ORPOTrainer
 
-    pairs = data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+    pairs = training_pairs()
 
     def build(policy, tokenizer, reward_model, reward_tokenizer, workdir):
         return ORPOTrainer(model=policy, args=orpo_config(preset, workdir), train_dataset=pairs, processing_class=tokenizer)

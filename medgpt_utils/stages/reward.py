@@ -24,6 +24,11 @@ STAGE = "rm"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
+def training_pairs():
+    """The bundled training pairs as TRL's conversational preference format (RM, DPO and ORPO read them)."""
+    return data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+
+
 def start_model_path(preset: Preset) -> Path | str:
     """The reward model starts from the SFT model (or the preset's reward base model)."""
     if preset.reward_base_model:
@@ -66,7 +71,7 @@ def run(preset: Preset) -> Path:
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
-    train_pairs = data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+    train_pairs = training_pairs()
     heldout_pairs = data.load_bundled("preference/heldout.jsonl")
     model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
     metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model)}
