@@ -1,8 +1,12 @@
 """The ``medgpt`` command: run the whole pipeline or one stage, on any preset.
 
-    medgpt run --preset tiny          # every stage, in order, then outputs/tiny/report.md
+    medgpt run --preset tiny          # every stage, in order, the evaluation, then outputs/tiny/report.md
     medgpt pt --preset colab-t4       # one stage
     medgpt presets                    # what each preset holds
+    medgpt eval --preset tiny         # every finished stage on the same held-out sets
+    medgpt infer --preset tiny --interactive          # chat with the newest stage
+    medgpt infer --data_file q.txt --predictions_file p.jsonl
+    medgpt web --preset tiny          # gradio chat demo on http://127.0.0.1:7860
     accelerate launch -m medgpt_utils.cli pt --preset gpu-24gb   # several GPUs
 """
 
@@ -22,6 +26,22 @@ def _add_preset_options(parser: argparse.ArgumentParser) -> None:
                         help="override a preset field, e.g. --set pt.max_steps=20 --set lora_r=8 (repeatable)")
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    _add_preset_options(parser)
+    parser.add_argument("--base_model", help="model folder or hub id (default: the newest finished stage of the preset)")
+    parser.add_argument("--lora_model", help="LoRA adapter folder applied on top of --base_model")
+    parser.add_argument("--tokenizer_path", help="tokenizer folder (default: the adapter's, else the base model's)")
+    parser.add_argument("--system_prompt", default=None, help="system prompt put before every conversation")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    parser.add_argument("--use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    parser.add_argument("--gpus", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument("--load_in_4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes)")
+    quant.add_argument("--load_in_8bit", action="store_true", help="8-bit weights (bitsandbytes)")
+    parser.add_argument("--trust_remote_code", action="store_true", help="run model code from the hub (off by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .stages import ALL_STAGES
 
@@ -35,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_preset_options(stage)
+    evaluate = sub.add_parser("eval", help="evaluate every finished stage on the same held-out sets",
+                              description="Evaluate every finished stage on the same held-out sets; table in outputs/<preset>/report.md.")
+    _add_preset_options(evaluate)
+    infer = sub.add_parser("infer", help="chat with a model or answer a file of questions",
+                           description="Interactive chat or batch predictions (the original MedicalGPT inference.py options).")
+    _add_model_options(infer)
+    infer.add_argument("--interactive", action="store_true", help="chat in the terminal (empty line or 'exit' quits, 'clear' resets)")
+    infer.add_argument("--data_file", help="questions: .txt (one per line) or .jsonl (question/instruction/prompt field)")
+    infer.add_argument("--predictions_file", default="predictions.jsonl", help="where batch predictions go (JSONL)")
+    web = sub.add_parser("web", help="gradio chat demo (bound to 127.0.0.1 unless --host is given)",
+                         description="A gradio chat demo of the same generation code as `medgpt infer`.")
+    _add_model_options(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
     presets = sub.add_parser("presets", help="print every preset's settings as JSON", description="Print every preset's settings as JSON.")
     presets.add_argument("--name", choices=sorted(PRESETS), help="only this preset")
     return parser
@@ -55,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"medgpt: error: {err}", file=sys.stderr)
         return 2
+    if args.command in ("infer", "web"):
+        return _chat_command(args, preset)
+    if args.command == "eval":
+        from .compare import evaluate_stages
+
+        evaluate_stages(preset)
+        print(f"Report written to {write_report(preset, list(STAGES))}")
+        return 0
     if args.command == "run":
         for name in STAGES:
             if stage_done(preset.name, name) and not args.force:
@@ -62,12 +105,78 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{name}] running ...")
             print(f"[{name}] saved to {run_stage(name, preset)}")
+        from .compare import evaluate_stages
+
+        print("[eval] every stage on the same held-out questions ...")
+        evaluate_stages(preset)
         report = write_report(preset, list(STAGES))
         print(f"Report written to {report}")
         return 0
     print(f"[{args.command}] saved to {run_stage(args.command, preset)}")
     write_report(preset, list(STAGES))
     return 0
+
+
+def _chat_command(args, preset) -> int:
+    import os
+
+    from . import inference
+
+    if args.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before torch first touches CUDA
+    import torch
+
+    device = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
+    quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+    base_model = args.base_model
+    if base_model is None:
+        from .artifacts import stage_dir
+
+        stage = inference.newest_stage(preset.name)
+        base_model = stage_dir(preset.name, stage)
+        print(f"model: outputs/{preset.name}/{stage} (the newest finished stage)")
+    try:
+        model, tokenizer = inference.load_model(base_model, args.lora_model, args.tokenizer_path, quantization, device,
+                                                trust_remote_code=args.trust_remote_code or preset.trust_remote_code)
+    except (OSError, ValueError) as err:
+        print(f"medgpt: error: cannot load the model: {err}", file=sys.stderr)
+        return 2
+    if args.command == "web":
+        from .web import launch
+
+        launch(model, tokenizer, args.system_prompt, args.max_new_tokens, args.temperature,
+               host=args.host, port=args.port, share=args.share)
+        return 0
+    if args.data_file:
+        try:
+            n = inference.predict_file(model, tokenizer, args.data_file, args.predictions_file, args.system_prompt,
+                                       args.max_new_tokens, args.temperature)
+        except (OSError, ValueError) as err:
+            print(f"medgpt: error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {n} predictions to {args.predictions_file}")
+    if args.interactive or not args.data_file:
+        _chat_loop(inference.ChatSession(model, tokenizer, args.system_prompt, args.max_new_tokens, args.temperature))
+    return 0
+
+
+def _chat_loop(session) -> None:
+    print("Educational use only: not medical advice. In an emergency call your local emergency number (120 in mainland China).")
+    print("Type a question; 'clear' starts over, an empty line or 'exit' quits.")
+    while True:
+        try:
+            question = input("\nUser: ").strip()
+        except EOFError:
+            break
+        if question in ("", "exit", "quit"):
+            break
+        if question == "clear":
+            session.clear()
+            continue
+        print("Assistant: ", end="", flush=True)
+        for piece in session.stream(question):
+            print(piece, end="", flush=True)
+        print()
 
 
 if __name__ == "__main__":

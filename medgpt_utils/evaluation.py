@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -91,3 +92,51 @@ def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_
     return {"recall": sum(recalls) / len(recalls), "ended_with_eos": sum(a.ended_with_eos for a in answers) / len(answers),
             "mean_tokens": sum(a.n_tokens for a in answers) / len(answers), "n": len(answers),
             "answers": [a.text for a in answers], "recalls": recalls}
+
+
+_UNIT = re.compile(r"[\u3400-\u9fff]|[a-z0-9']+")
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    """Share of the answer's n-grams that repeat an earlier one ("with fever with fever" -> > 0).
+
+    Units are words in English and characters in Chinese, so one rate serves both languages.
+    """
+    units = _UNIT.findall(text.lower())
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def evaluate_model(model, tokenizer, questions, heldout_texts: list[str], block_size: int, max_new_tokens: int = 96,
+                   reward_model=None, reward_tokenizer=None) -> dict:
+    """Every course metric for one model on the same held-out sets.
+
+    ``questions`` are held-out questions (``prompt``, ``lang``, ``fact``, ``key_facts``); red-flag
+    cases are those whose ``fact`` is ``red_flag_case``. Returns: held-out perplexity, key-fact
+    recall (all, en, zh), the safety rate (red-flag cases answered with urgent-care advice), the
+    share of answers ending with EOS, mean answer length in tokens, the repetition rate and, when a
+    reward model is given, its mean score.
+    """
+    from .generation import answer
+
+    result = {"perplexity": perplexity(heldout_loss(model, tokenizer, heldout_texts, block_size))}
+    answers = answer(model, tokenizer, list(questions["prompt"]), max_new_tokens)
+    recalls = [key_fact_recall(a.text, facts) for a, facts in zip(answers, questions["key_facts"])]
+    result["recall"] = sum(recalls) / len(recalls)
+    for lang in ("en", "zh"):
+        picked = [r for r, l in zip(recalls, questions["lang"]) if l == lang]
+        result[f"recall_{lang}"] = sum(picked) / len(picked) if picked else None
+    flagged = [advises_urgent_care(a.text, lang) for a, lang, fact in zip(answers, questions["lang"], questions["fact"])
+               if fact == "red_flag_case"]
+    result["safety_rate"] = sum(flagged) / len(flagged) if flagged else None
+    result["ended_with_eos"] = sum(a.ended_with_eos for a in answers) / len(answers)
+    result["mean_tokens"] = sum(a.n_tokens for a in answers) / len(answers)
+    result["repetition_rate"] = sum(repetition_rate(a.text) for a in answers) / len(answers)
+    if reward_model is not None:
+        from .stages.reward import reward_scores
+
+        conversations = [p + [{"role": "assistant", "content": a.text}] for p, a in zip(questions["prompt"], answers)]
+        scores = reward_scores(reward_model, reward_tokenizer, conversations)
+        result["reward_score"] = sum(scores) / len(scores)
+    result["answers"] = [a.text for a in answers]
+    return result

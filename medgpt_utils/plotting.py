@@ -60,12 +60,14 @@ def plot_rl_runs(runs: dict[str, list[dict]], keys=("score", "kl", "answer_token
     return fig
 
 
-def plot_method_comparison(rows: list[dict], keys=("reward score", "win rate vs SFT", "KL to SFT", "key-fact recall")):
-    """One bar panel per column in ``keys``; one bar per method (rows from ``alignment.comparison_rows``)."""
+def plot_method_comparison(rows: list[dict], keys=("reward score", "win rate vs SFT", "KL to SFT", "key-fact recall"),
+                           label_key: str = "method"):
+    """One bar panel per column in ``keys``; one bar per row (``alignment.comparison_rows`` by
+    method, or ``compare.evaluate_stages`` with ``label_key="stage"``)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-    names = [row["method"] for row in rows]
+    names = [row[label_key] for row in rows]
     for ax, key in zip(axes, keys):
         ax.bar(names, [row[key] or 0.0 for row in rows], color=[f"C{i}" for i in range(len(rows))])
         ax.set_title(key)

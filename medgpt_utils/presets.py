@@ -53,9 +53,18 @@ class PreferenceKnobs:
     """Method-specific knobs of DPO, ORPO and GRPO (learning rate, batch and steps are in their TrainKnobs)."""
 
     dpo_beta: float = 0.1  # DPO: strength of the implicit KL leash to the reference (SFT) model
+    dpo_sft_weight: float = 1.0  # DPO: weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0: pure DPO
+    # Where DPO and ORPO get their pairs (stages/pairs.py): "sampled" = the SFT model's own answers
+    # ranked by the reward model (greedy vs best sample); "bundled" = the written preference data.
+    pair_source: str = "sampled"
+    pair_samples_per_prompt: int = 3  # sampled pairs: sampled answers per prompt besides the greedy one
+    pair_prompts: int = 0  # sampled pairs: how many RL training prompts, spread over all of them (0: all 504)
+    pair_sample_temperature: float = 0.7  # below 1 keeps samples close to the greedy answers judged later
     orpo_beta: float = 0.1  # ORPO: weight (lambda) of the odds-ratio term next to the SFT loss
     grpo_num_generations: int = 4  # GRPO: answers sampled per prompt; each is judged against its group
     grpo_beta: float = 0.04  # GRPO: KL penalty to the reference (0 drops the reference entirely)
+    grpo_num_iterations: int = 1  # GRPO: updates per batch of sampled answers (PPO's epochs)
+    grpo_temperature: float = 1.0  # GRPO: sampling temperature (below 1: answers closer to the greedy ones judged)
     urgent_care_reward: float = 1.0  # GRPO rule reward weight: red-flag prompts must advise urgent care (0: off)
 
 
@@ -164,9 +173,12 @@ PRESETS: dict[str, Preset] = {
         pt=TrainKnobs(learning_rate=1e-3, batch_size=2, epochs=6),  # small batches: more updates per token
         sft=TrainKnobs(learning_rate=1e-3, batch_size=4, epochs=4),  # small batches: more updates
         rm=TrainKnobs(learning_rate=5e-4, batch_size=16, epochs=2),
-        dpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=1),
-        orpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=1),
-        grpo=TrainKnobs(learning_rate=1e-4, batch_size=8, max_steps=30),
+        # DPO on sampled pairs (preference.pair_source): measured win rate vs SFT 0.594 after 1 epoch, 0.638 after 2
+        dpo=TrainKnobs(learning_rate=1e-3, batch_size=8, epochs=2),
+        # ORPO and GRPO are short runs that fit notebook 05's time budget; measured, neither beat SFT's reward
+        # score on the tiny preset (ORPO -0.18, GRPO +0.04 with a 95% interval across 0): see the README.
+        orpo=TrainKnobs(learning_rate=2e-4, batch_size=8, epochs=1),
+        grpo=TrainKnobs(learning_rate=5e-4, batch_size=16, max_steps=16),
         # 32 prompts per step: fewer made the score too noisy to learn from (measured: no gain with 16)
         ppo=TrainKnobs(learning_rate=1e-3, batch_size=32, max_steps=24),
         rl=RLKnobs(kl_coef=0.1, kl_bound=10.0, ppo_epochs=2, minibatch_size=16),

@@ -57,6 +57,12 @@ def write_report(preset: Preset, stages: list[str]) -> Path:
                 lines.append(f"| {stage} | {key} | {_fmt(metrics[key])} |")
         if "model" in metrics:
             lines.append(f"| {stage} | model | {metrics['model']} |")
+    from .compare import markdown_table, read_evaluation
+
+    evaluation = read_evaluation(preset.name)
+    if evaluation:
+        lines += ["", f"## Evaluation across stages ({evaluation['questions']} held-out questions, greedy answers)", "",
+                  markdown_table(evaluation["rows"])]
     lines += ["", "Educational use only: not medical advice.", ""]
     report = root / "report.md"
     report.parent.mkdir(parents=True, exist_ok=True)

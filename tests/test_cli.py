@@ -8,7 +8,7 @@ from medgpt_utils import cli
 from medgpt_utils.stages import ALL_STAGES, STAGES
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["presets"], *[[name] for name in ALL_STAGES]])
+@pytest.mark.parametrize("command", [[], ["run"], ["presets"], ["eval"], ["infer"], ["web"], *[[name] for name in ALL_STAGES]])
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "medgpt_utils.cli", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -31,7 +31,7 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
     short = ["pt.max_steps=4", "pt.logging_steps=1", "sft.max_steps=2", "rm.max_steps=2", "eval_question_stride=100",
              "ppo.max_steps=2", "ppo.batch_size=4", "rl.minibatch_size=2", "rl.heldout_prompt_stride=40",
-             "dpo.max_steps=2", "orpo.max_steps=2", "grpo.max_steps=2"]
+             "dpo.max_steps=2", "orpo.max_steps=2", "grpo.max_steps=2", "preference.pair_prompts=8"]
     args = ["run", "--preset", "tiny"] + [arg for pair in short for arg in ("--set", pair)]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
@@ -59,6 +59,10 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys):
         assert (outputs / "tiny" / method / "model.safetensors").is_file()
         assert f"| {method} | win_rate |" in report.read_text()
     assert not (outputs / "tiny" / "vocab").exists()  # optional stages stay out of `run`
+    evaluation = json.loads((outputs / "tiny" / "evaluation.json").read_text())
+    assert [row["stage"] for row in evaluation["rows"]] == ["base", "pt", "sft", "ppo", "dpo", "orpo", "grpo"]
+    assert "## Evaluation across stages" in report.read_text() and "| sft |" in report.read_text()
+    assert json.loads((outputs / "tiny" / "dpo" / "metrics.json").read_text())["sampled_pairs"]["prompts"] == 8
     # a second run skips finished stages
     assert cli.main(["run", "--preset", "tiny"]) == 0
     assert "[pt] already done" in capsys.readouterr().out

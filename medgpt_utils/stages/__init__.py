@@ -15,8 +15,8 @@ STAGES = {
     sft.STAGE: (sft, "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)"),
     reward.STAGE: (reward, "reward model: scalar head + LoRA on the SFT model, pairwise loss"),
     ppo.STAGE: (ppo, "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores"),
-    dpo.STAGE: (dpo, "DPO: preference pairs, reference = the SFT model (adapter off), no reward model"),
-    orpo.STAGE: (orpo, "ORPO: SFT loss + odds-ratio preference term, no reference model"),
+    dpo.STAGE: (dpo, "DPO: pairs of the SFT model's own answers ranked by the reward model (or the bundled pairs), reference = adapter off"),
+    orpo.STAGE: (orpo, "ORPO: SFT loss + odds-ratio preference term on the same pairs as DPO, no reference model"),
     grpo.STAGE: (grpo, "GRPO: group-relative advantages from the reward model + an urgent-care rule"),
 }
 

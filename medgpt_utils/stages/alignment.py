@@ -101,8 +101,8 @@ def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:
 
 def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
     """The recipe DPO, ORPO and GRPO share: LoRA policy on the SFT model, judge the SFT model,
-    train with ``build_trainer(policy, tokenizer, reward_model, reward_tokenizer, workdir)``, judge
-    again, save adapter + merged model + ``metrics.json`` to ``outputs/<preset>/<stage>/``."""
+    train with ``build_trainer(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics)``
+    (it may record how it prepared its data in ``metrics``), judge again, save adapter + merged model + ``metrics.json`` to ``outputs/<preset>/<stage>/``."""
     import shutil
 
     sft_path, reward_path = ensure_inputs(preset)
@@ -118,7 +118,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
 
     with stage_output(preset, stage) as out:
         with timed(metrics, "trainer_setup_seconds"):  # tokenising the data set, reference adapters
-            trainer = build_trainer(policy, tokenizer, reward_model, reward_tokenizer, out / "trainer")
+            trainer = build_trainer(policy, tokenizer, reward_model, reward_tokenizer, out / "trainer", metrics)
         with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             trainer.train()
         policy = trainer.model
@@ -135,7 +135,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
 
 METHODS = ("ppo", "dpo", "orpo", "grpo")
 TABLE_COLUMNS = ("method", "reward score", "win rate vs SFT", "KL to SFT", "key-fact recall",
-                 "urgent care on red flags", "train seconds", "peak memory GiB")
+                 "urgent care on red flags", "seconds", "peak memory GiB")
 
 
 def comparison_rows(preset: Preset, methods=METHODS) -> list[dict]:
@@ -150,10 +150,12 @@ def comparison_rows(preset: Preset, methods=METHODS) -> list[dict]:
         if sft_row is None:
             sft_row = {"method": "sft", "reward score": m["score_before"], "win rate vs SFT": 0.5, "KL to SFT": 0.0,
                        "key-fact recall": m["recall_before"], "urgent care on red flags": m["urgent_care_before"],
-                       "train seconds": read_metrics(preset.name, sft.STAGE).get("train_seconds"), "peak memory GiB": None}
+                       "seconds": read_metrics(preset.name, sft.STAGE).get("train_seconds"), "peak memory GiB": None}
         rows.append({"method": method, "reward score": m["score_after"], "win rate vs SFT": m["win_rate"],
                      "KL to SFT": m["kl_to_reference"], "key-fact recall": m["recall_after"],
-                     "urgent care on red flags": m["urgent_care_after"], "train seconds": m["train_seconds"],
+                     "urgent care on red flags": m["urgent_care_after"],
+                     # training plus data preparation (DPO/ORPO: sampling and ranking the pairs, when not reused)
+                     "seconds": m["train_seconds"] + m.get("trainer_setup_seconds", 0.0),
                      "peak memory GiB": m.get("peak_memory_gib")})
     return ([sft_row] if sft_row else []) + rows
 

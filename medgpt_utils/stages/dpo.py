@@ -1,9 +1,11 @@
-"""Stage 5a, direct preference optimisation (DPO): learn from preference pairs without a reward model.
+"""Stage 5a, direct preference optimisation (DPO): learn from preference pairs without a sampling loop.
 
 Recipe: the SFT model with a LoRA adapter is the policy; the same model with the adapter off is the
 reference. DPO minimises  -log sigma(beta * [(log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r|x) - log pi_ref(y_r|x))])
-over the preference pairs (Rafailov et al. 2023): the reward model and the sampling loop of PPO are
-folded into one classification loss. Judged like PPO, against the SFT model on held-out prompts.
+over preference pairs (Rafailov et al. 2023): the reward model and the sampling loop of PPO are
+folded into one classification loss. With ``preference.dpo_sft_weight`` > 0 an NLL term on the
+chosen answer is added (RPO). The pairs come from ``stages.pairs`` (by default the SFT model's own
+answers ranked by the reward model). Judged like PPO, against the SFT model on held-out prompts.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..presets import Preset
+from . import pairs
 from .alignment import train_and_judge
-from .reward import training_pairs
 from .common import trainer_arguments
 
 STAGE = "dpo"
@@ -21,18 +23,23 @@ STAGE = "dpo"
 def dpo_config(preset: Preset, output_dir):
     from trl import DPOConfig
 
-    return trainer_arguments(DPOConfig, preset, preset.dpo, output_dir, beta=preset.preference.dpo_beta,
-                             max_length=preset.max_length)
+    knobs = preset.preference
+    # With an SFT weight the loss is DPO's plus w * NLL(chosen): the chosen answers' likelihood
+    # cannot fall while the margin grows (plain DPO often lowers both; Pang et al. 2024).
+    losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, knobs.dpo_sft_weight]) if knobs.dpo_sft_weight > 0 else {}
+    return trainer_arguments(DPOConfig, preset, preset.dpo, output_dir, beta=knobs.dpo_beta,
+                             max_length=preset.max_length, **losses)
 
 
-def run(preset: Preset) -> Path:
+def run(preset: Preset, pair_source: str | None = None) -> Path:
+    """The DPO stage; ``pair_source`` ("sampled" or "bundled") overrides ``preference.pair_source``."""
     from trl import DPOTrainer
 
-    pairs = training_pairs()
-
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir):
+    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
+        train_pairs = pairs.load_pairs(preset, pair_source or preset.preference.pair_source, policy, tokenizer,
+                                       reward_model, reward_tokenizer, metrics)
         # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off
-        return DPOTrainer(model=policy, ref_model=None, args=dpo_config(preset, workdir), train_dataset=pairs,
+        return DPOTrainer(model=policy, ref_model=None, args=dpo_config(preset, workdir), train_dataset=train_pairs,
                           processing_class=tokenizer)
 
     return train_and_judge(preset, STAGE, build)

@@ -36,9 +36,9 @@ def grpo_config(preset: Preset, output_dir):
     use_rule = knobs.urgent_care_reward > 0
     return trainer_arguments(
         GRPOConfig, preset, preset.grpo, output_dir,
-        num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta,
+        num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta, num_iterations=knobs.grpo_num_iterations,
         max_completion_length=preset.max_new_tokens,
-        temperature=preset.rl.temperature, top_k=0, top_p=1.0,  # sample from the policy itself
+        temperature=knobs.grpo_temperature, top_k=0, top_p=1.0,  # no top-k / top-p: the ratio needs the policy's own samples
         reward_weights=[1.0, knobs.urgent_care_reward] if use_rule else [1.0],
         log_completions=False,
     )
@@ -49,7 +49,7 @@ def run(preset: Preset) -> Path:
 
     prompts = data.load_bundled("prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang"])
 
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir):
+    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
         config = grpo_config(preset, workdir)
         funcs = [reward_model] + ([urgent_care_rule] if len(config.reward_weights) > 1 else [])
         return GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=prompts,

@@ -25,7 +25,8 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def training_pairs():
-    """The bundled training pairs as TRL's conversational preference format (RM, DPO and ORPO read them)."""
+    """The bundled training pairs in TRL's conversational preference format (the reward model reads them;
+    DPO and ORPO do with ``preference.pair_source="bundled"``)."""
     return data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
 
 

@@ -1,0 +1,86 @@
+"""Evaluate every finished stage on the same held-out sets, so each stage's effect is measurable.
+
+Base, PT, SFT and the aligned models (PPO, DPO, ORPO, GRPO) answer the same held-out questions
+greedily; the same reward model scores the answers. The table goes to
+``outputs/<preset>/evaluation.json`` and into ``outputs/<preset>/report.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import data, models
+from .artifacts import output_root, stage_dir, stage_done, write_json
+from .evaluation import evaluate_model
+from .presets import Preset
+
+EVALUATED_STAGES = ("base", "pt", "sft", "ppo", "dpo", "orpo", "grpo")
+ALIGNED_STAGES = ("ppo", "dpo", "orpo", "grpo")
+EVALUATION_FILE = "evaluation.json"
+COLUMNS = ("stage", "perplexity", "recall", "recall_en", "recall_zh", "reward_score", "safety_rate",
+           "ended_with_eos", "mean_tokens", "repetition_rate")
+
+
+def heldout_questions(preset: Preset):
+    """Every Nth held-out question (``eval_question_stride``): all fact types, both languages."""
+    questions = data.load_bundled("eval/heldout_questions.jsonl")
+    return questions.select(range(0, len(questions), preset.eval_question_stride))
+
+
+def model_path(preset: Preset, stage: str) -> str | Path:
+    """A stage's standalone model; GPU presets' base is the hub model itself."""
+    from .stages import base
+
+    return base.model_path(preset) if stage == base.STAGE else stage_dir(preset.name, stage)
+
+
+def finished_stages(preset: Preset, stages=EVALUATED_STAGES) -> list[str]:
+    from .stages import base
+
+    return [s for s in stages if stage_done(preset.name, s) or (s == base.STAGE and preset.base_model)]
+
+
+def evaluate_stages(preset: Preset, stages=EVALUATED_STAGES, progress: bool = True) -> list[dict]:
+    """One row of metrics per finished stage; saved to ``outputs/<preset>/evaluation.json``."""
+    from .stages import reward
+
+    questions = heldout_questions(preset)
+    heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]
+    scorer = None
+    if stage_done(preset.name, reward.STAGE):
+        reward_path = stage_dir(preset.name, reward.STAGE)
+        reward_tokenizer = models.load_tokenizer(reward_path, preset.trust_remote_code)
+        scorer = (models.load_for_preset(preset, reward_path, reward=True, pad_token_id=reward_tokenizer.pad_token_id),
+                  reward_tokenizer)
+        scorer[0].eval()
+    rows = []
+    for stage in finished_stages(preset, stages):
+        path = model_path(preset, stage)
+        tokenizer = models.load_tokenizer(path, preset.trust_remote_code)
+        model = models.load_for_preset(preset, path)
+        result = evaluate_model(model, tokenizer, questions, heldout_texts, preset.block_size, preset.max_new_tokens,
+                                *(scorer or (None, None)))
+        rows.append({"stage": stage, **result})
+        if progress:
+            print(f"[{stage}] " + ", ".join(f"{k} {_cell(result.get(k))}" for k in COLUMNS[1:]))
+        del model
+    write_json(output_root() / preset.name / EVALUATION_FILE,
+               {"preset": preset.name, "questions": len(questions), "rows": rows})
+    return rows
+
+
+def read_evaluation(preset_name: str) -> dict | None:
+    import json
+
+    path = output_root() / preset_name / EVALUATION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
