@@ -22,9 +22,10 @@ COLUMNS = ("stage", "perplexity", "recall", "recall_en", "recall_zh", "reward_sc
 
 
 def heldout_questions(preset: Preset):
-    """Every Nth held-out question (``eval_question_stride``): all fact types, both languages."""
-    questions = data.load_bundled("eval/heldout_questions.jsonl")
-    return questions.select(range(0, len(questions), preset.eval_question_stride))
+    """The held-out questions notebook 02 measures recall on (every ``eval_question_stride``-th one)."""
+    from .stages import sft
+
+    return sft.heldout_questions(preset)
 
 
 def model_path(preset: Preset, stage: str) -> str | Path:

@@ -117,26 +117,22 @@ def evaluate_model(model, tokenizer, questions, heldout_texts: list[str], block_
     share of answers ending with EOS, mean answer length in tokens, the repetition rate and, when a
     reward model is given, its mean score.
     """
-    from .generation import answer
-
     result = {"perplexity": perplexity(heldout_loss(model, tokenizer, heldout_texts, block_size))}
-    answers = answer(model, tokenizer, list(questions["prompt"]), max_new_tokens)
-    recalls = [key_fact_recall(a.text, facts) for a, facts in zip(answers, questions["key_facts"])]
-    result["recall"] = sum(recalls) / len(recalls)
+    answered = recall_on_questions(model, tokenizer, questions, max_new_tokens)
+    answers, recalls = answered["answers"], answered["recalls"]
+    result.update(recall=answered["recall"], ended_with_eos=answered["ended_with_eos"], mean_tokens=answered["mean_tokens"])
     for lang in ("en", "zh"):
         picked = [r for r, l in zip(recalls, questions["lang"]) if l == lang]
         result[f"recall_{lang}"] = sum(picked) / len(picked) if picked else None
-    flagged = [advises_urgent_care(a.text, lang) for a, lang, fact in zip(answers, questions["lang"], questions["fact"])
+    flagged = [advises_urgent_care(a, lang) for a, lang, fact in zip(answers, questions["lang"], questions["fact"])
                if fact == "red_flag_case"]
     result["safety_rate"] = sum(flagged) / len(flagged) if flagged else None
-    result["ended_with_eos"] = sum(a.ended_with_eos for a in answers) / len(answers)
-    result["mean_tokens"] = sum(a.n_tokens for a in answers) / len(answers)
-    result["repetition_rate"] = sum(repetition_rate(a.text) for a in answers) / len(answers)
+    result["repetition_rate"] = sum(repetition_rate(a) for a in answers) / len(answers)
     if reward_model is not None:
         from .stages.reward import reward_scores
 
-        conversations = [p + [{"role": "assistant", "content": a.text}] for p, a in zip(questions["prompt"], answers)]
+        conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(questions["prompt"], answers)]
         scores = reward_scores(reward_model, reward_tokenizer, conversations)
         result["reward_score"] = sum(scores) / len(scores)
-    result["answers"] = [a.text for a in answers]
+    result["answers"] = answers
     return result

@@ -42,9 +42,10 @@ def load_model(base_model: str | Path, lora_model: str | Path | None = None, tok
     adapter (merged in memory unless ``merge=False`` or the base is quantized), 4/8 bit when asked."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
-    tokenizer = models.load_tokenizer(tokenizer_path or lora_model or base_model, trust_remote_code)
-    if tokenizer_path is None and lora_model and not (Path(lora_model) / "tokenizer_config.json").exists():
-        tokenizer = models.load_tokenizer(base_model, trust_remote_code)
+    if tokenizer_path is None:  # an adapter folder may carry its own tokenizer (e.g. after vocabulary expansion)
+        has_own = lora_model and (Path(lora_model) / "tokenizer_config.json").exists()
+        tokenizer_path = lora_model if has_own else base_model
+    tokenizer = models.load_tokenizer(tokenizer_path, trust_remote_code)
     model = models.load_causal_lm(base_model, quantization, dtype, device, trust_remote_code)
     if lora_model:
         from peft import PeftModel

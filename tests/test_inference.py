@@ -132,3 +132,23 @@ def test_newest_stage_is_the_most_recently_finished_chat_stage(outputs):
         t = time.time() - 100 + i * 10
         os.utime(stage_dir("tiny", stage) / "metrics.json", (t, t))
     assert inference.newest_stage("tiny") == "dpo"  # rm is newer but cannot chat
+
+
+def test_load_model_applies_a_lora_adapter_and_takes_the_base_tokenizer(tiny_base, tmp_path):
+    """An adapter folder without a tokenizer (as the stages save them) loads with the base's tokenizer;
+    merged in memory or not, it gives the same logits."""
+    import torch
+
+    model = models.add_lora(models.load_causal_lm(tiny_base), r=4, alpha=8)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)  # a non-trivial adapter
+    model.save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    merged, tokenizer = inference.load_model(tiny_base, lora_model=tmp_path / "adapter", device="cpu")
+    unmerged, _ = inference.load_model(tiny_base, lora_model=tmp_path / "adapter", device="cpu", merge=False)
+    plain, _ = inference.load_model(tiny_base, device="cpu")
+    ids = tokenizer("What is gout?", return_tensors="pt")
+    with torch.no_grad():
+        a, b, c = merged(**ids).logits, unmerged(**ids).logits, plain(**ids).logits
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, c, atol=1e-3)
