@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Report written to {report}")
         return 0
     print(f"[{args.command}] saved to {run_stage(args.command, preset)}")
-    write_report(preset, list(STAGES))
+    from .stages.common import is_main_process
+
+    if is_main_process():  # under torchrun every rank gets here; one writes
+        write_report(preset, list(STAGES))
     return 0
 
 

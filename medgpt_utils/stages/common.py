@@ -113,13 +113,24 @@ def peak_memory(record: dict, preset: Preset, key: str = "peak_memory_gib"):
 
 @contextmanager
 def stage_output(preset: Preset, stage: str):
-    """Yield a temporary folder that becomes ``outputs/<preset>/<stage>/`` when complete."""
+    """Yield a temporary folder that becomes ``outputs/<preset>/<stage>/`` when complete.
+
+    In a multi-process run only rank 0 publishes; the other ranks get a scratch folder that is
+    thrown away (else their empty folder could replace rank 0's finished one).
+    """
+    if not is_main_process():
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f"medgpt-{stage}-rank-") as scratch:
+            yield Path(scratch)
+        return
     with atomic_dir(stage_dir(preset.name, stage)) as tmp:
         yield tmp
 
 
 def save_metrics(folder: Path, metrics: dict) -> None:
-    write_json(Path(folder) / METRICS_FILE, metrics)
+    """Write ``metrics.json``, noting how many processes trained (``torchrun`` / ``accelerate`` set WORLD_SIZE)."""
+    write_json(Path(folder) / METRICS_FILE, {**metrics, "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
 
 
 def is_main_process() -> bool:

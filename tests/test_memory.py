@@ -1,0 +1,43 @@
+"""The GPU memory estimates (README course map): arithmetic checks, no GPU needed."""
+
+import pytest
+
+from medgpt_utils import memory
+from medgpt_utils.presets import PRESETS, override
+
+
+def test_shapes_give_the_published_parameter_counts():
+    counts = {name: s.body_parameters() + s.embedding_parameters() for name, s in memory.SHAPES.items()}
+    assert counts["Qwen/Qwen2.5-0.5B-Instruct"] == pytest.approx(0.494e9, rel=0.01)
+    assert counts["Qwen/Qwen2.5-1.5B-Instruct"] == pytest.approx(1.54e9, rel=0.01)
+    assert counts["Qwen/Qwen2.5-7B-Instruct"] == pytest.approx(7.62e9, rel=0.01)
+
+
+def test_lora_parameters_match_peft_on_a_real_model_of_the_same_shape():
+    """Build a tiny Qwen2-shaped model locally and count what PEFT actually adds."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from medgpt_utils import models
+
+    shape = memory.Shape(hidden=64, layers=2, intermediate=176, heads=4, kv_heads=2, vocab=300, tied_embeddings=True)
+    config = Qwen2Config(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=300, tie_word_embeddings=True)
+    model = models.add_lora(Qwen2ForCausalLM(config), r=8, alpha=16)
+    assert models.count_parameters(model)["trainable"] == shape.lora_parameters(8)
+
+
+def test_every_budget_is_an_estimate_and_colab_fits_a_t4():
+    for budget in memory.budgets():
+        assert budget["estimate"] is True
+        assert budget["total_gib"] == pytest.approx(sum(budget["parts_gib"].values()), abs=0.1)
+        if budget["preset"] == "colab-t4":
+            assert budget["total_gib"] < 15, budget  # a T4 leaves about 15 GB to PyTorch
+
+
+def test_budgets_grow_with_batch_and_shrink_with_4bit():
+    t4 = PRESETS["colab-t4"]
+    small = memory.stage_budget(t4, "sft")["total_gib"]
+    assert memory.stage_budget(override(t4, {"sft.batch_size": 8}), "sft")["total_gib"] > small
+    assert memory.stage_budget(override(t4, {"quantization": None}), "sft")["parts_gib"]["weights"] > \
+        memory.stage_budget(t4, "sft")["parts_gib"]["weights"]
+    assert memory.stage_budget(override(t4, {"gradient_checkpointing": False}), "sft")["total_gib"] > small
