@@ -105,7 +105,7 @@ def _assistant_labels(tokenizer, dialogues):
     return rows
 
 
-def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float) -> dict:
+def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float, batch_size: int | None = None) -> dict:
     """One epoch over the same 400 dialogues, full-parameter as on the tiny preset."""
     from datasets import Dataset
 
@@ -114,7 +114,8 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float)
     model = models.load_causal_lm(base_path)
     workdir = output_root() / "bench" / "trainer"
     knobs = preset.sft
-    one_epoch = dict(num_train_epochs=1, max_steps=-1, logging_steps=10)
+    batch_size = batch_size or knobs.batch_size
+    one_epoch = dict(num_train_epochs=1, max_steps=-1, logging_steps=10, per_device_train_batch_size=batch_size)
     if variant == "hf_padded":
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -138,7 +139,8 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float)
         real = _real_tokens(trainer.train_dataset)
     seconds, memory = _timed_train(trainer, preset)
     params = sum(p.numel() for p in model.parameters())
-    return _row(f"sft ({variant})", seconds, real, len(dialogues), params, True, matmul_rate, memory)
+    return _row(f"sft ({variant}, batch {batch_size})", seconds, real, len(dialogues), params, True, matmul_rate, memory,
+                batch_size=batch_size, variant=variant)
 
 
 def _lora_params(model) -> int:
@@ -156,7 +158,7 @@ def bench_reward_model(preset: Preset, base_path: Path, steps: int, matmul_rate:
     args = trainer_arguments(RewardConfig, preset, preset.rm, output_root() / "bench" / "trainer",
                              max_length=preset.max_length, max_steps=steps)
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
-    real = _real_tokens(trainer.train_dataset, "chosen_input_ids") + _real_tokens(trainer.train_dataset, "rejected_input_ids")
+    real = _real_tokens(trainer.train_dataset, "chosen_ids") + _real_tokens(trainer.train_dataset, "rejected_ids")
     seconds, memory = _timed_train(trainer, preset)
     return _row("rm (LoRA)", seconds, real, len(pairs), _lora_params(model), False, matmul_rate, memory)
 
@@ -172,8 +174,9 @@ def bench_dpo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
     policy = models.load_lora_model(preset, base_path)
     args = dpo_config(override(preset, {"dpo.max_steps": steps}), output_root() / "bench" / "trainer")
     trainer = DPOTrainer(model=policy, ref_model=None, args=args, train_dataset=pairs, processing_class=tokenizer)
-    real = _real_tokens(trainer.train_dataset, "chosen_input_ids") + _real_tokens(trainer.train_dataset, "rejected_input_ids")
-    real += 2 * _real_tokens(trainer.train_dataset, "prompt_input_ids") if "prompt_input_ids" in trainer.train_dataset.column_names else 0
+    # each pair runs as prompt + chosen and prompt + rejected
+    columns = trainer.train_dataset
+    real = 2 * _real_tokens(columns, "prompt_ids") + _real_tokens(columns, "chosen_ids") + _real_tokens(columns, "rejected_ids")
     seconds, memory = _timed_train(trainer, preset)
     # the reference pass (adapter off) is a forward only: counted in the time, not in the FLOPs
     return _row("dpo (LoRA)", seconds, real, len(pairs), _lora_params(policy), False, matmul_rate, memory)
@@ -212,12 +215,13 @@ def run(steps: int = 40, out_dir: Path | None = None) -> dict:
     rate = matmul_flops_per_second()
     rows = [bench_pretraining(preset, base_path, steps, rate)]
     rows += [bench_sft(preset, base_path, v, rate) for v in ("hf_padded", "trl_grouped", "trl_padding_free")]
+    rows += [bench_sft(preset, base_path, v, rate, batch_size=8) for v in ("hf_padded", "trl_grouped")]
     rows += [bench_reward_model(preset, base_path, steps // 2, rate), bench_dpo(preset, base_path, steps // 2, rate),
              bench_ppo(preset, base_path, 4, rate)]
-    baseline = next(r for r in rows if r["stage"] == "sft (hf_padded)")["real_tokens_per_second"]
-    for row in rows:
+    for row in rows:  # each SFT variant against the padded baseline at the same batch size
         if row["stage"].startswith("sft"):
-            row["vs_padded_baseline"] = round(row["real_tokens_per_second"] / baseline, 2)
+            baseline = next(r for r in rows if r.get("variant") == "hf_padded" and r["batch_size"] == row["batch_size"])
+            row["vs_padded_baseline"] = round(row["real_tokens_per_second"] / baseline["real_tokens_per_second"], 2)
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "matmul_gflops": round(rate / 1e9, 1), "rows": rows}
     out_dir = Path(out_dir or output_root() / "bench")

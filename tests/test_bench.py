@@ -20,10 +20,10 @@ def test_padded_baseline_trains_on_the_assistant_tokens_only(tiny_base):
 def test_markdown_table_carries_date_machine_and_matmul_rate():
     assert bench.matmul_flops_per_second(n=128, repeats=2) > 1e8
     result = {"date": "2026-11-25", "machine": "x86_64, 2 threads", "torch": "2.13.0", "matmul_gflops": 100.0,
-              "rows": [{"stage": "sft (hf_padded)", "wall_seconds": 10.0, "real_tokens_per_second": 760.0,
+              "rows": [{"stage": "sft (hf_padded, batch 4)", "wall_seconds": 10.0, "real_tokens_per_second": 760.0,
                         "samples_per_second": 40.0, "peak_memory_gib": 1.0, "flops_share_of_matmul": 0.2,
                         "vs_padded_baseline": 1.0},
                        {"stage": "ppo (LoRA)", "episodes_per_second": 9.5, "time_split": {"time_generate": 1.0}}]}
     text = bench.markdown(result)
     assert "2026-11-25" in text and "x86_64" in text and "100.0 GFLOP/s" in text
-    assert "| sft (hf_padded) | 10.0 | 760.0 |" in text and "PPO: 9.5 episodes/s" in text
+    assert "| sft (hf_padded, batch 4) | 10.0 | 760.0 |" in text and "PPO: 9.5 episodes/s" in text

@@ -6,6 +6,7 @@ reach nearly the same loss. Both runs go through `medgpt`, so this is what a mul
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,11 +17,17 @@ COMMON = ["--set", "pt.max_steps=4", "--set", "eval_question_stride=300", "--set
           "--set", "sft.logging_steps=1", "--set", "rm.logging_steps=1"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:  # port 0 is not passed on to the workers' rendezvous: it hangs
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _medgpt(args, outputs, nproc=1):
     env = {**os.environ, "MEDGPT_OUTPUT_DIR": str(outputs), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "0"] \
-        if nproc > 1 else [sys.executable]
-    result = subprocess.run(launcher + ["-m", "medgpt_utils.cli", *args], env=env, capture_output=True, text=True, timeout=900)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                str(_free_port())] if nproc > 1 else [sys.executable]
+    result = subprocess.run(launcher + ["-m", "medgpt_utils.cli", *args], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

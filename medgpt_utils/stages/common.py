@@ -134,7 +134,13 @@ def save_metrics(folder: Path, metrics: dict) -> None:
 
 
 def is_main_process() -> bool:
-    """True outside distributed runs and on rank 0 inside them (only it writes files)."""
+    """True outside distributed runs and on rank 0 inside them (only it writes files).
+
+    Before the trainer sets up the process group, the launcher's RANK variable tells (torchrun
+    and accelerate set it): a stage opens its output folder before it builds its trainer.
+    """
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
