@@ -48,8 +48,8 @@ def matmul_flops_per_second(n: int = 1024, repeats: int = 30) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def _row(name, seconds, real_tokens, samples, params, full_training, matmul_rate, memory, **extra) -> dict:
-    flops = (6 if full_training else 4) * params * real_tokens
+def _row(name, seconds, real_tokens, samples, model, full_training, matmul_rate, memory, **extra) -> dict:
+    flops = (6 if full_training else 4) * models.count_parameters(model)["total"] * real_tokens
     return {"stage": name, "wall_seconds": round(seconds, 2), "real_tokens": real_tokens,
             "real_tokens_per_second": round(real_tokens / seconds, 1), "samples_per_second": round(samples / seconds, 2),
             "peak_memory_gib": memory, "flops_share_of_matmul": round(flops / seconds / matmul_rate, 4), **extra}
@@ -83,8 +83,7 @@ def bench_pretraining(preset: Preset, base_path: Path, steps: int, matmul_rate: 
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
                       data_collator=default_data_collator)
     seconds, memory = _timed_train(trainer, preset)
-    params = sum(p.numel() for p in model.parameters())
-    return _row("pt", seconds, len(blocks) * preset.block_size, len(blocks), params, True, matmul_rate, memory)
+    return _row("pt", seconds, len(blocks) * preset.block_size, len(blocks), model, True, matmul_rate, memory)
 
 
 def _sft_dialogues():
@@ -138,13 +137,8 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
         trainer = SFTTrainer(model=model, args=args, train_dataset=dialogues, processing_class=tokenizer)
         real = _real_tokens(trainer.train_dataset)
     seconds, memory = _timed_train(trainer, preset)
-    params = sum(p.numel() for p in model.parameters())
-    return _row(f"sft ({variant}, batch {batch_size})", seconds, real, len(dialogues), params, True, matmul_rate, memory,
+    return _row(f"sft ({variant}, batch {batch_size})", seconds, real, len(dialogues), model, True, matmul_rate, memory,
                 batch_size=batch_size, variant=variant)
-
-
-def _lora_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def bench_reward_model(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -> dict:
@@ -160,7 +154,7 @@ def bench_reward_model(preset: Preset, base_path: Path, steps: int, matmul_rate:
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     real = _real_tokens(trainer.train_dataset, "chosen_ids") + _real_tokens(trainer.train_dataset, "rejected_ids")
     seconds, memory = _timed_train(trainer, preset)
-    return _row("rm (LoRA)", seconds, real, len(pairs), _lora_params(model), False, matmul_rate, memory)
+    return _row("rm (LoRA)", seconds, real, len(pairs), model, False, matmul_rate, memory)
 
 
 def bench_dpo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -> dict:
@@ -179,7 +173,7 @@ def bench_dpo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
     real = 2 * _real_tokens(columns, "prompt_ids") + _real_tokens(columns, "chosen_ids") + _real_tokens(columns, "rejected_ids")
     seconds, memory = _timed_train(trainer, preset)
     # the reference pass (adapter off) is a forward only: counted in the time, not in the FLOPs
-    return _row("dpo (LoRA)", seconds, real, len(pairs), _lora_params(policy), False, matmul_rate, memory)
+    return _row("dpo (LoRA)", seconds, real, len(pairs), policy, False, matmul_rate, memory)
 
 
 def bench_ppo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -> dict:
@@ -201,7 +195,7 @@ def bench_ppo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
     episodes = steps * loop.config.prompts_per_step
     answer_tokens = sum(h["answer_tokens"] * loop.config.prompts_per_step for h in history)
     split = {k: round(sum(h[k] for h in history), 2) for k in ("time_generate", "time_score", "time_update")}
-    row = _row("ppo (LoRA)", seconds, int(answer_tokens), episodes, _lora_params(policy), False, matmul_rate,
+    row = _row("ppo (LoRA)", seconds, int(answer_tokens), episodes, policy, False, matmul_rate,
                record["peak_memory_gib"], episodes_per_second=round(episodes / seconds, 2), time_split=split)
     row["flops_share_of_matmul"] = None  # generation dominates; a 6N/4N estimate does not describe it
     return row

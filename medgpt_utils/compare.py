@@ -43,17 +43,13 @@ def finished_stages(preset: Preset, stages=EVALUATED_STAGES) -> list[str]:
 
 def evaluate_stages(preset: Preset, stages=EVALUATED_STAGES, progress: bool = True) -> list[dict]:
     """One row of metrics per finished stage; saved to ``outputs/<preset>/evaluation.json``."""
-    from .stages import reward
+    from .stages import alignment, reward
 
     questions = heldout_questions(preset)
     heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]
     scorer = None
     if stage_done(preset.name, reward.STAGE):
-        reward_path = stage_dir(preset.name, reward.STAGE)
-        reward_tokenizer = models.load_tokenizer(reward_path, preset.trust_remote_code)
-        scorer = (models.load_for_preset(preset, reward_path, reward=True, pad_token_id=reward_tokenizer.pad_token_id),
-                  reward_tokenizer)
-        scorer[0].eval()
+        scorer = alignment.load_reward_scorer(preset, stage_dir(preset.name, reward.STAGE))
     rows = []
     for stage in finished_stages(preset, stages):
         path = model_path(preset, stage)

@@ -30,9 +30,10 @@ def ensure_inputs(preset: Preset) -> tuple[Path, Path]:
     return stage_dir(preset.name, sft.STAGE), stage_dir(preset.name, reward.STAGE)
 
 
-def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int):
-    """The frozen reward model and its tokenizer."""
+def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int | None = None):
+    """The frozen reward model and its tokenizer (pad id: the given one, else the reward tokenizer's)."""
     tokenizer = models.load_tokenizer(reward_path, preset.trust_remote_code)
+    pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
     model = models.load_for_preset(preset, reward_path, reward=True, pad_token_id=pad_token_id)
     model.eval().requires_grad_(False)
     return model, tokenizer
