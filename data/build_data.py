@@ -128,6 +128,24 @@ def paragraphs(kb: dict, lang: str, rng: random.Random) -> list[str]:
     ]
 
 
+VARIED_PARAGRAPHS = 8  # per condition and language, besides the seven fixed ones
+
+
+def varied_paragraphs(kb: dict, lang: str, rng: random.Random) -> list[str]:
+    """Paragraphs of three to five facts, each in a frame drawn from ``PRETRAIN_FRAMES``."""
+    frames = T.PRETRAIN_FRAMES[lang]
+    result = []
+    for _ in range(VARIED_PARAGRAPHS):
+        sentences = []
+        for fact in rng.sample(FACTS, rng.randint(3, 5)):
+            word = "or" if fact == "red_flags" else "and"
+            items = "" if fact == "department" else join(kb[fact], lang, word)
+            text = rng.choice(frames[fact]).format(n=kb["name"], N=cap(kb["name"]), x=items, d=kb["department"])
+            sentences.append(text)
+        result.append((" " if lang == "en" else "").join(sentences))
+    return result
+
+
 def heldout_paragraph(kb: dict, lang: str) -> str:
     n = kb["name"]
     if lang == "zh":
@@ -142,13 +160,17 @@ def heldout_paragraph(kb: dict, lang: str) -> str:
 def partial(items: list[str], rng: random.Random) -> list[str]:
     """Real answers vary in completeness: all facts, some, or just one."""
     roll = rng.random()
-    if roll < 0.45 or len(items) == 1:
+    if roll < FULL_ANSWER_SHARE or len(items) == 1:
         return list(items)
-    if roll < 0.75 and len(items) > 2:
+    if roll < (1 + FULL_ANSWER_SHARE) / 2 and len(items) > 2:
         k = rng.randint(2, len(items) - 1)
     else:
         k = 1
     return sorted(rng.sample(items, k), key=items.index)
+
+
+SFT_QUESTIONS_PER_FACT = 4  # wordings per condition, language and fact type in single-turn SFT
+FULL_ANSWER_SHARE = 0.7  # share of training answers that list every fact; the rest list some or one
 
 
 def sft_single(conditions, rng: random.Random) -> list[dict]:
@@ -157,7 +179,8 @@ def sft_single(conditions, rng: random.Random) -> list[dict]:
         for lang in LANGS:
             kb = c[lang]
             for fact in ("definition",) + FACTS:
-                for template in rng.sample(T.TRAIN_QUESTIONS[lang][fact], 2):
+                phrasings = T.TRAIN_QUESTIONS[lang][fact] + T.EXTRA_SFT_QUESTIONS[lang].get(fact, [])
+                for template in rng.sample(phrasings, SFT_QUESTIONS_PER_FACT):
                     items = None if fact in ("definition", "department") else partial(kb[fact], rng)
                     answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
                     rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
@@ -307,26 +330,39 @@ def cloze_rows(conditions) -> list[dict]:
     return rows
 
 
+def handwritten_rows(conditions) -> list[dict]:
+    """The questions written by hand in ``source/handwritten_questions.json`` (learner wordings that no
+    template produces), with the key facts of the knowledge base, in the held-out questions' schema."""
+    kb = {c["id"]: c for c in conditions}
+    rows = []
+    for line, q in enumerate(json.loads((HERE / "source" / "handwritten_questions.json").read_text(encoding="utf-8")), 1):
+        if q["condition"] not in kb or q["lang"] not in LANGS or q["fact"] not in FACTS + ("red_flag_case",):
+            raise ValueError(f"source/handwritten_questions.json item {line}: unknown condition, lang or fact in {q}")
+        rows.append({"prompt": [{"role": "user", "content": q["question"]}], "condition": q["condition"], "lang": q["lang"],
+                     "fact": q["fact"], "red_flag": q["fact"] == "red_flag_case",
+                     "key_facts": key_facts(kb[q["condition"]][q["lang"]], q["lang"], q["fact"])})
+    return rows
+
+
 # ---------------------------------------------------------------- writing
 def dump_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def dump_lines(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
 def build(out: Path) -> dict[str, int]:
     conditions = load_conditions()
     rng = random.Random(SEED)
-    pretrain = [p for c in conditions for lang in LANGS for p in paragraphs(c[lang], lang, rng)]
+    frames_rng = random.Random(SEED + 1)  # its own stream, so the other files stay as they were
+    pretrain = [{"text": p, "condition": c["id"], "lang": lang}
+                for c in conditions for lang in LANGS
+                for p in paragraphs(c[lang], lang, rng) + varied_paragraphs(c[lang], lang, frames_rng)]
     rng.shuffle(pretrain)
     files = {
-        "pretrain/train.txt": pretrain,
-        "pretrain/heldout.txt": [heldout_paragraph(c[lang], lang) for c in conditions for lang in LANGS],
-        "sft/train_single.jsonl": sft_single(conditions, rng),
+        "pretrain/train.jsonl": pretrain,
+        "pretrain/heldout.jsonl": [{"text": heldout_paragraph(c[lang], lang), "condition": c["id"], "lang": lang}
+                                   for c in conditions for lang in LANGS],
+        "sft/train_single.jsonl": sft_single(conditions, random.Random(SEED + 2)),  # own stream: other files unchanged
         "sft/train_multi.jsonl": sft_multi(conditions, rng),
         "sft/valid.jsonl": sft_valid(conditions, rng),
         "preference/train.jsonl": preference_pairs(conditions, rng, heldout=False),
@@ -335,13 +371,18 @@ def build(out: Path) -> dict[str, int]:
         "prompts/heldout.jsonl": question_rows(conditions, rng, heldout=True, per_condition=1),
         "eval/heldout_questions.jsonl": question_rows(conditions, rng, heldout=True, per_condition=0),
         "eval/cloze.jsonl": cloze_rows(conditions),
+        "eval/handwritten_questions.jsonl": handwritten_rows(conditions),
     }
     for name, rows in files.items():
-        (dump_lines if name.endswith(".txt") else dump_jsonl)(out / name, rows)
+        dump_jsonl(out / name, rows)
     counts = {name: len(rows) for name, rows in files.items()}
+    from medgpt_utils.presets import TINY_CONDITIONS
+
+    names = {c["id"]: f'{c["en"]["name"]} ({c["zh"]["name"]})' for c in conditions}
     stats = {
-        "conditions": len(conditions),
-        "pretrain_bytes": (out / "pretrain/train.txt").stat().st_size,
+        "conditions": len(conditions), "tiny_count": len(TINY_CONDITIONS),
+        "tiny_conditions": ", ".join(names[i] for i in TINY_CONDITIONS),
+        "pretrain_bytes": sum(len(r["text"].encode("utf-8")) for r in pretrain),
         "rejected_kinds": Counter(r["rejected_kind"] for r in files["preference/train.jsonl"]),
         "red_flag_prompts": sum(r["red_flag"] for r in files["prompts/train.jsonl"]),
     }
@@ -374,7 +415,7 @@ Only well-established facts are used, and every red flag points to urgent care.
 |---|---|
 {rows}
 
-The pretraining corpus is {pretrain_bytes} bytes. This table is written by the generator, and
+The pretraining corpus is {pretrain_bytes} bytes of text. This table is written by the generator, and
 `tests/test_bundled_data.py` checks it against what the loaders read.
 
 ## Splits
@@ -382,13 +423,13 @@ The pretraining corpus is {pretrain_bytes} bytes. This table is written by the g
 The split is by **wording**, not by condition: training sets ask with at least ten phrasings
 per fact type and language (`data/templates.py`, `TRAIN_QUESTIONS`); the held-out sets
 (`sft/valid.jsonl`, `preference/heldout.jsonl`, `prompts/heldout.jsonl`,
-`eval/heldout_questions.jsonl`, `pretrain/heldout.txt`) use phrasings and sentence frames never
+`eval/heldout_questions.jsonl`, `pretrain/heldout.jsonl`) use phrasings and sentence frames never
 seen in training (`HELDOUT_QUESTIONS`), so they test whether a model answers known facts asked
 in new words.
 
 ## Schemas
 
-- `pretrain/*.txt`: one encyclopedia-style paragraph per line (zh and en).
+- `pretrain/*.jsonl`: `text`, one encyclopedia-style paragraph (zh or en), with its `condition` and `lang`.
 - `sft/train_single.jsonl`, `sft/valid.jsonl`: Alpaca `instruction`/`input`/`output`, plus
   `condition`, `lang`, `fact`. Training answers vary in completeness on purpose (some list one
   symptom, some all; some leave out the urgent-care advice), as real data does.
@@ -410,6 +451,19 @@ in new words.
 - `eval/heldout_questions.jsonl`: every fact type for every condition and language, with held-out
   wording and the `key_facts` a correct answer must contain (for red-flag cases: the urgent-care
   marker).
+- `eval/handwritten_questions.jsonl`: questions written by hand (`source/handwritten_questions.json`)
+  in the words a learner would use ("Which kind of doctor should I go to about asthma?",
+  "拉肚子吐了一晚上，急性胃肠炎在家该怎么办？"), both languages, every fact type, about the tiny
+  preset's conditions; same schema as the held-out questions. No template produces these
+  wordings (a test checks it), so they are the closest thing to a learner's own question.
+
+## The tiny preset's conditions
+
+A 5M-parameter model trained for a few CPU minutes cannot learn all {conditions} conditions in two
+languages (measured: `notebooks/EXPERIMENTS.md`). The `tiny` preset therefore trains and
+evaluates on {tiny_count} of them (`medgpt_utils/presets.py`, `TINY_CONDITIONS`): {tiny_conditions}.
+Every stage keeps only the records whose `condition` is one of them, and reports how many it kept.
+The GPU presets use all {conditions}.
 
 ## License
 

@@ -205,3 +205,79 @@ UNSAFE = {
         "别担心，睡一觉就好了，拖上几周还不好再考虑看医生。",
     ],
 }
+
+# Sentence frames for the pretraining corpus's varied paragraphs (build_data.varied_paragraphs): the
+# same fact in many frames teaches a small model to tie the facts to the condition's name rather than
+# to one sentence it memorised (measured in notebooks/EXPERIMENTS.md). {n}/{N}: the name (capitalised),
+# {x}: the facts joined, {d}: the department. The cloze openings and held-out paragraphs use none of them.
+PRETRAIN_FRAMES = {
+    "en": {
+        "symptoms": ["{N} typically presents with {x}.", "People with {n} often notice {x}.",
+                     "The main symptoms of {n} are {x}.", "Signs of {n}: {x}.", "{N} can cause {x}.",
+                     "Someone who has {n} may have {x}.", "Common symptoms of {n} include {x}."],
+        "causes": ["{N} is usually caused by {x}.", "Risk factors for {n} include {x}.", "{N} often develops because of {x}.",
+                   "The main causes of {n} are {x}.", "Common causes of {n}: {x}."],
+        "department": ["Patients with {n} are usually seen in {d}.", "The department that treats {n} is {d}.",
+                       "For {n}, the right department is {d}.", "{N} is treated in {d}.", "Doctors in {d} look after {n}."],
+        "self_care": ["People with {n} can help themselves: {x}.", "Everyday care for {n} includes {x}.",
+                      "To manage {n}: {x}.", "Self-care for {n}: {x}."],
+        "red_flags": ["Warning signs of {n} include {x}; these need emergency care right away.",
+                      "With {n}, {x} means going to the emergency department at once.",
+                      "Urgent signs of {n}: {x}. Call an ambulance or go to the emergency department."],
+        "prevention": ["Ways to prevent {n}: {x}.", "To lower the risk of {n}: {x}.", "{N} can often be prevented: {x}."],
+    },
+    "zh": {
+        "symptoms": ["{n}典型表现为{x}。", "{n}患者常出现{x}。", "{n}的主要症状是{x}。", "{n}可引起{x}。",
+                     "得了{n}可能会有{x}。", "{n}的常见症状包括{x}。"],
+        "causes": ["{n}通常由{x}引起。", "{n}的危险因素包括{x}。", "导致{n}的主要原因是{x}。", "{n}的常见原因有{x}。"],
+        "department": ["{n}患者通常到{d}就诊。", "诊治{n}的科室是{d}。", "{n}应该看{d}。", "{n}由{d}医生诊治。"],
+        "self_care": ["{n}患者可以采取以下措施：{x}。", "{n}的日常管理包括{x}。", "应对{n}可以：{x}。"],
+        "red_flags": ["{n}的危险信号包括{x}，出现时应立即去急诊或拨打120。", "{n}患者如果出现{x}，需要立即去急诊。",
+                      "{n}的紧急信号：{x}，请马上拨打120急救电话。"],
+        "prevention": ["预防{n}的方法包括{x}。", "为了降低{n}的风险，建议{x}。", "{n}可以这样预防：{x}。"],
+    },
+}
+
+# More training phrasings for single-turn SFT (build_data.sft_single draws from TRAIN_QUESTIONS plus
+# these). A model that saw few wordings per fact type answers an unseen wording with the wrong kind of
+# fact (measured in notebooks/EXPERIMENTS.md). None of them uses a held-out wording's key words.
+EXTRA_SFT_QUESTIONS = {
+    "en": {
+        "symptoms": ["What happens to the body with {name}?", "Which complaints are typical of {name}?",
+                     "How can you recognise {name}?", "What problems does {name} give people?",
+                     "Describe the symptoms of {name}.", "What do patients with {name} usually feel?",
+                     "What are the first signs of {name}?", "symptoms of {name}?"],
+        "causes": ["Why does {name} happen?", "What is the reason for {name}?", "Who is at risk of {name}?",
+                   "What makes people get {name}?", "Explain the causes of {name}.", "What increases the chance of {name}?",
+                   "How do people get {name}?", "causes of {name}?"],
+        "department": ["Where do I get {name} checked?", "Which doctor handles {name}?", "Which hospital service sees {name}?",
+                       "Which department is responsible for {name}?", "Where should someone with {name} register?",
+                       "What type of doctor sees patients with {name}?", "Which unit should I visit about {name}?",
+                       "department for {name}?"],
+        "self_care": ["How do I look after myself with {name}?", "What can I try for {name}?", "How do you manage {name} at home?",
+                      "What is good for {name}?", "Any advice for living with {name}?", "How can I feel better with {name}?",
+                      "What treatment is there for {name}?", "self-care for {name}?"],
+        "red_flags": ["What signs of {name} are dangerous?", "When should I call an ambulance with {name}?",
+                      "Which symptoms of {name} mean I must go to hospital now?", "What are the danger signs of {name}?",
+                      "When is {name} life-threatening?", "Which warning signs of {name} should never be ignored?",
+                      "When does {name} need emergency care?", "warning signs of {name}?"],
+        "prevention": ["How can {name} be avoided?", "What can I do so I don't get {name}?", "How do I protect myself from {name}?",
+                       "Is there a way to stop {name}?", "What reduces the risk of {name}?", "How can families prevent {name}?",
+                       "Which steps prevent {name}?", "prevention of {name}?"],
+    },
+    "zh": {
+        "symptoms": ["得了{name}身体会怎样？", "{name}有哪些典型不适？", "怎么识别{name}？", "{name}会给人带来哪些问题？",
+                     "描述一下{name}的症状。", "{name}患者一般有什么感觉？", "{name}最早的表现是什么？", "{name}症状？"],
+        "causes": ["{name}为什么会发生？", "{name}的原因是什么？", "哪些人容易得{name}？", "什么让人得{name}？",
+                   "解释一下{name}的病因。", "什么会增加得{name}的可能？", "{name}是怎么得的？", "{name}病因？"],
+        "department": ["{name}去哪里检查？", "哪个医生负责{name}？", "{name}由医院哪个部门接诊？", "哪个科室负责{name}？",
+                       "得了{name}应该去哪里挂号？", "什么类型的医生看{name}？", "{name}该去哪个科室看？", "{name}挂什么科？"],
+        "self_care": ["得了{name}怎么照顾自己？", "{name}可以试试什么方法？", "在家怎么处理{name}？", "什么对{name}好？",
+                      "和{name}共处有什么建议？", "得了{name}怎样才能好受些？", "{name}有什么治疗办法？", "{name}自我护理？"],
+        "red_flags": ["{name}的哪些迹象很危险？", "{name}什么时候要叫救护车？", "{name}出现哪些症状必须马上去医院？",
+                      "{name}有哪些危险征兆？", "{name}什么时候会危及生命？", "{name}的哪些警示信号不能忽视？",
+                      "{name}什么时候需要急诊？", "{name}危险信号？"],
+        "prevention": ["怎样才能不得{name}？", "我该怎么做才不会得{name}？", "怎样保护自己远离{name}？", "有办法阻止{name}吗？",
+                       "什么能减少{name}的风险？", "家里人怎么预防{name}？", "哪些措施能预防{name}？", "{name}预防？"],
+    },
+}

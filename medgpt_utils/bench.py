@@ -75,7 +75,7 @@ def bench_pretraining(preset: Preset, base_path: Path, steps: int, matmul_rate: 
     from .stages.pretrain import pack_texts
 
     tokenizer = models.load_tokenizer(base_path)
-    blocks = pack_texts(data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"], tokenizer, preset.block_size)
+    blocks = pack_texts(data.load_bundled("pretrain/train.jsonl", conditions=preset.conditions)["text"], tokenizer, preset.block_size)
     knobs = preset.pt
     blocks = blocks[: steps * knobs.batch_size]
     model = models.load_causal_lm(base_path)
@@ -86,10 +86,10 @@ def bench_pretraining(preset: Preset, base_path: Path, steps: int, matmul_rate: 
     return _row("pt", seconds, len(blocks) * preset.block_size, len(blocks), model, True, matmul_rate, memory)
 
 
-def _sft_dialogues():
+def _sft_dialogues(preset: Preset):
     from .stages.sft import load_datasets
 
-    train, _ = load_datasets()
+    train, _ = load_datasets(preset)
     return train.shuffle(seed=0).select(range(SFT_DIALOGUES))
 
 
@@ -109,7 +109,7 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
     from datasets import Dataset
 
     tokenizer = models.load_tokenizer(base_path)
-    dialogues = _sft_dialogues()
+    dialogues = _sft_dialogues(preset)
     model = models.load_causal_lm(base_path)
     workdir = output_root() / "bench" / "trainer"
     knobs = preset.sft
@@ -147,7 +147,7 @@ def bench_reward_model(preset: Preset, base_path: Path, steps: int, matmul_rate:
     from .stages.reward import training_pairs
 
     tokenizer = models.load_tokenizer(base_path)
-    pairs = training_pairs().select(range(steps * preset.rm.batch_size))
+    pairs = training_pairs(preset).select(range(steps * preset.rm.batch_size))
     model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
     args = trainer_arguments(RewardConfig, preset, preset.rm, output_root() / "bench" / "trainer",
                              max_length=preset.max_length, max_steps=steps)
@@ -164,7 +164,7 @@ def bench_dpo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
     from .stages.reward import training_pairs
 
     tokenizer = models.load_tokenizer(base_path)
-    pairs = training_pairs().select(range(steps * preset.dpo.batch_size))
+    pairs = training_pairs(preset).select(range(steps * preset.dpo.batch_size))
     policy = models.load_lora_model(preset, base_path)
     args = dpo_config(override(preset, {"dpo.max_steps": steps}), output_root() / "bench" / "trainer")
     trainer = DPOTrainer(model=policy, ref_model=None, args=args, train_dataset=pairs, processing_class=tokenizer)
@@ -183,7 +183,7 @@ def bench_ppo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
 
     tokenizer = models.load_tokenizer(base_path)
     policy = models.load_lora_model(preset, base_path)
-    prompts = chat_prompt_texts(tokenizer, data.load_bundled("prompts/train.jsonl")["prompt"])
+    prompts = chat_prompt_texts(tokenizer, data.load_bundled("prompts/train.jsonl", conditions=preset.conditions)["prompt"])
     reward = lambda texts, batch, answers: torch.tensor([float(len(a)) / 100 for a in answers])  # noqa: E731
     loop = ppo.PPOLoop(policy, tokenizer, reward, ppo_config(preset))
     record, history = {}, []

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from . import data, models
 from .artifacts import output_root, stage_dir, stage_done, write_json
-from .evaluation import evaluate_model
+from .evaluation import evaluate_model, recall_on_questions, training_vocabulary
 from .presets import Preset
 
 EVALUATED_STAGES = ("base", "pt", "sft", "ppo", "dpo", "orpo", "grpo")
 ALIGNED_STAGES = ("ppo", "dpo", "orpo", "grpo")
 EVALUATION_FILE = "evaluation.json"
-COLUMNS = ("stage", "perplexity", "recall", "recall_en", "recall_zh", "reward_score", "safety_rate",
-           "ended_with_eos", "mean_tokens", "repetition_rate")
+COLUMNS = ("stage", "perplexity", "recall", "recall_en", "recall_zh", "recall_handwritten", "safety_rate",
+           "wrong_condition_rate", "non_word_rate", "reward_score", "ended_with_eos", "mean_tokens", "repetition_rate")
 
 
 def heldout_questions(preset: Preset):
@@ -45,8 +45,12 @@ def evaluate_stages(preset: Preset, stages=EVALUATED_STAGES, progress: bool = Tr
     """One row of metrics per finished stage; saved to ``outputs/<preset>/evaluation.json``."""
     from .stages import alignment, reward
 
+    from .stages import sft
+
     questions = heldout_questions(preset)
-    heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]
+    handwritten = sft.handwritten_questions(preset)
+    vocabulary = training_vocabulary(preset.conditions)
+    heldout_texts = data.load_bundled("pretrain/heldout.jsonl", conditions=preset.conditions)["text"]
     scorer = None
     if stage_done(preset.name, reward.STAGE):
         scorer = alignment.load_reward_scorer(preset, stage_dir(preset.name, reward.STAGE))
@@ -56,13 +60,15 @@ def evaluate_stages(preset: Preset, stages=EVALUATED_STAGES, progress: bool = Tr
         tokenizer = models.load_tokenizer(path, preset.trust_remote_code)
         model = models.load_for_preset(preset, path)
         result = evaluate_model(model, tokenizer, questions, heldout_texts, preset.block_size, preset.max_new_tokens,
-                                *(scorer or (None, None)))
+                                *(scorer or (None, None)), vocabulary=vocabulary)
+        result["recall_handwritten"] = recall_on_questions(model, tokenizer, handwritten, preset.max_new_tokens,
+                                                           vocabulary=vocabulary)["recall"]
         rows.append({"stage": stage, **result})
         if progress:
             print(f"[{stage}] " + ", ".join(f"{k} {_cell(result.get(k))}" for k in COLUMNS[1:]))
         del model
     write_json(output_root() / preset.name / EVALUATION_FILE,
-               {"preset": preset.name, "questions": len(questions), "rows": rows})
+               {"preset": preset.name, "questions": len(questions), "handwritten_questions": len(handwritten), "rows": rows})
     return rows
 
 

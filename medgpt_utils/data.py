@@ -53,6 +53,9 @@ class LoadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    # Usable records about conditions outside the preset's list (``Preset.conditions``): left out of
+    # this run on purpose, counted here so nothing disappears unreported. Not part of read == kept + skipped.
+    outside_conditions: int = 0
 
     @property
     def skipped_total(self) -> int:
@@ -60,7 +63,8 @@ class LoadReport:
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
-        return f"{len(self.files)} file(s): read {self.read}, kept {self.kept}, skipped {self.skipped_total} ({reasons})"
+        scope = f"; {self.outside_conditions} kept records left out (conditions outside the preset)" if self.outside_conditions else ""
+        return f"{len(self.files)} file(s): read {self.read}, kept {self.kept}, skipped {self.skipped_total} ({reasons}){scope}"
 
 
 # ---------------------------------------------------------------- bundled data
@@ -440,13 +444,27 @@ def card_counts() -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([^`]+)` \| (\d+) \|$", text, re.M)}
 
 
-def load_bundled(name: str, **kwargs):
-    """Load a bundled file by its card name (``"sft/train_single.jsonl"``) with the right loader."""
+def load_bundled(name: str, conditions: Iterable[str] = (), return_report: bool = False, **kwargs):
+    """Load a bundled file by its card name (``"sft/train_single.jsonl"``) with the right loader.
+
+    ``conditions`` (knowledge-base ids, e.g. a preset's ``conditions``) keeps only the records about
+    them; empty keeps all. How many were left out is logged and counted in the report.
+    """
     if name.startswith("pretrain/") or name == "eval/cloze.jsonl":
         loader = load_pretraining
     else:
         loader = {"sft": load_sft, "preference": load_preference}.get(name.split("/")[0], load_prompts)
-    return loader(bundled(*name.split("/")), **kwargs)
+    dataset, report = loader(bundled(*name.split("/")), return_report=True, **kwargs)
+    wanted = set(conditions)
+    if wanted:
+        unknown = wanted - {c["id"] for c in load_knowledge_base()}
+        if unknown:
+            raise ValueError(f"unknown condition ids {sorted(unknown)}: the knowledge base in {DATA_DIR / 'source'} has no such condition")
+        before = len(dataset)
+        dataset = dataset.filter(lambda row: row["condition"] in wanted)
+        report.outside_conditions = before - len(dataset)
+        log.info("%s: %d of %d records are about the preset's %d conditions", name, len(dataset), before, len(wanted))
+    return (dataset, report) if return_report else dataset
 
 
 def split_by_language(texts: list[str]) -> dict[str, list[str]]:

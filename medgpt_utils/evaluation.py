@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -83,15 +84,119 @@ def cloze_accuracy(model, tokenizer, rows, max_new_tokens: int = 24, batch_size:
             "examples": [(t, c.text) for t, c in zip(rows["text"][:6], completions[:6])]}
 
 
-def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_size: int = 32) -> dict:
-    """Answer held-out questions; mean key-fact recall, share ending with EOS, and the answers."""
+def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_size: int = 32,
+                        vocabulary: frozenset[str] | None = None) -> dict:
+    """Answer held-out questions; the course's knowledge measures (``knowledge_scores``) and the answers.
+
+    ``recall`` is key-fact recall on the questions that ask for facts; red-flag cases are judged apart,
+    by ``safety_rate`` (urgent-care advice), so sets with more or fewer red-flag cases compare fairly.
+    """
     from .generation import answer
 
-    answers = answer(model, tokenizer, list(rows["prompt"]), max_new_tokens, batch_size)
-    recalls = [key_fact_recall(a.text, facts) for a, facts in zip(answers, rows["key_facts"])]
-    return {"recall": sum(recalls) / len(recalls), "ended_with_eos": sum(a.ended_with_eos for a in answers) / len(answers),
-            "mean_tokens": sum(a.n_tokens for a in answers) / len(answers), "n": len(answers),
-            "answers": [a.text for a in answers], "recalls": recalls}
+    generated = answer(model, tokenizer, list(rows["prompt"]), max_new_tokens, batch_size)
+    result = knowledge_scores([g.text for g in generated], rows, vocabulary)
+    result.update(ended_with_eos=sum(g.ended_with_eos for g in generated) / len(generated),
+                  mean_tokens=sum(g.n_tokens for g in generated) / len(generated))
+    return result
+
+
+# ---------------------------------------------------------------- knowledge: one way to measure it
+_EN_WORD = re.compile(r"[a-z]+")
+
+
+def condition_names() -> dict[str, dict[str, str]]:
+    """Every knowledge-base condition's name per language: ``{"influenza": {"en": ..., "zh": ...}}``."""
+    from .data import load_knowledge_base
+
+    return {c["id"]: {lang: c[lang]["name"] for lang in ("en", "zh")} for c in load_knowledge_base()}
+
+
+def _name_pattern(name: str, lang: str) -> re.Pattern:
+    """A name as it appears in text: whole words in English (so "gout" is not found in "gouty")."""
+    return re.compile(re.escape(name.lower()) if lang == "zh" else r"\b" + re.escape(name.lower()) + r"\b")
+
+
+def named_conditions(text: str, lang: str, names: dict[str, dict[str, str]] | None = None) -> set[str]:
+    """The conditions an answer names, longest names first ("heat stroke" is not also "stroke")."""
+    names = names or condition_names()
+    text, found = text.lower(), set()
+    for cid, name in sorted(((c, n[lang]) for c, n in names.items()), key=lambda item: -len(item[1])):
+        pattern = _name_pattern(name, lang)
+        if pattern.search(text):
+            found.add(cid)
+            text = pattern.sub(" ", text)
+    return found
+
+
+def names_wrong_condition(text: str, condition: str, lang: str, names: dict[str, dict[str, str]] | None = None) -> bool:
+    """True when the answer names another condition and not the one asked about."""
+    named = named_conditions(text, lang, names)
+    return condition not in named and bool(named)
+
+
+def english_words(text: str) -> list[str]:
+    return _EN_WORD.findall(text.lower())
+
+
+def training_vocabulary(conditions=()) -> frozenset[str]:
+    """Every English word in the bundled training data (about ``conditions``; empty: all), plus the
+    chat template's words. An answer word outside it was made up by recombining tokens (garbling)."""
+    return _training_vocabulary(tuple(sorted(conditions)))
+
+
+@functools.lru_cache(maxsize=4)
+def _training_vocabulary(conditions: tuple[str, ...]) -> frozenset[str]:
+    from .data import load_bundled
+
+    texts = list(load_bundled("pretrain/train.jsonl", conditions=conditions)["text"])
+    for name in ("sft/train_single.jsonl", "sft/train_multi.jsonl"):
+        texts += [m["content"] for dialogue in load_bundled(name, conditions=conditions)["messages"] for m in dialogue]
+    pairs = load_bundled("preference/train.jsonl", conditions=conditions)
+    for column in ("prompt", "chosen", "rejected"):
+        texts += [m["content"] for turns in pairs[column] for m in turns]
+    return frozenset(w for t in texts for w in english_words(t))
+
+
+def non_words(text: str, vocabulary: frozenset[str]) -> list[str]:
+    """The English words of ``text`` that appear nowhere in the training data."""
+    return [w for w in english_words(text) if w not in vocabulary]
+
+
+def knowledge_scores(answers: list[str], rows, vocabulary: frozenset[str] | None = None) -> dict:
+    """The course's knowledge measures for ``answers`` to question ``rows`` (``condition``, ``lang``,
+    ``fact``, ``key_facts``), used by every stage, notebook and report:
+
+    - ``recall`` (and ``recall_en``, ``recall_zh``): key-fact recall on the questions that ask for facts;
+    - ``safety_rate``: share of red-flag cases (``fact == "red_flag_case"``) answered with urgent-care advice;
+    - ``wrong_condition_rate``: share of answers that name another condition and not the asked one;
+    - ``non_word_rate``: share of English answer words that appear nowhere in the training data.
+    """
+    names = condition_names()
+    vocabulary = training_vocabulary() if vocabulary is None else vocabulary
+    facts, langs, conditions = list(rows["fact"]), list(rows["lang"]), list(rows["condition"])
+    recalls = [None if fact == "red_flag_case" else key_fact_recall(a, kf)
+               for a, kf, fact in zip(answers, rows["key_facts"], facts)]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    words = [w for a, lang in zip(answers, langs) if lang == "en" for w in english_words(a)]
+    unknown = [w for w in words if w not in vocabulary]
+    return {
+        "recall": mean(recalls),
+        **{f"recall_{lang}": mean([r for r, l in zip(recalls, langs) if l == lang]) for lang in ("en", "zh")},
+        "recall_by_fact": {f: mean([r for r, g in zip(recalls, facts) if g == f]) for f in sorted(set(facts) - {"red_flag_case"})},
+        "safety_rate": mean([float(advises_urgent_care(a, lang)) for a, lang, fact in zip(answers, langs, facts)
+                             if fact == "red_flag_case"]),
+        "wrong_condition_rate": mean([float(names_wrong_condition(a, c, lang, names))
+                                      for a, c, lang in zip(answers, conditions, langs)]),
+        "non_word_rate": len(unknown) / len(words) if words else 0.0,
+        "non_word_examples": sorted(set(unknown))[:12],
+        "n": len(answers), "n_fact_questions": sum(r is not None for r in recalls),
+        "n_red_flag_cases": sum(f == "red_flag_case" for f in facts),
+        "answers": list(answers), "recalls": recalls,
+    }
 
 
 _UNIT = re.compile(r"[\u3400-\u9fff]|[a-z0-9']+")
@@ -108,25 +213,19 @@ def repetition_rate(text: str, n: int = 3) -> float:
 
 
 def evaluate_model(model, tokenizer, questions, heldout_texts: list[str], block_size: int, max_new_tokens: int = 96,
-                   reward_model=None, reward_tokenizer=None) -> dict:
+                   reward_model=None, reward_tokenizer=None, vocabulary: frozenset[str] | None = None) -> dict:
     """Every course metric for one model on the same held-out sets.
 
-    ``questions`` are held-out questions (``prompt``, ``lang``, ``fact``, ``key_facts``); red-flag
-    cases are those whose ``fact`` is ``red_flag_case``. Returns: held-out perplexity, key-fact
-    recall (all, en, zh), the safety rate (red-flag cases answered with urgent-care advice), the
-    share of answers ending with EOS, mean answer length in tokens, the repetition rate and, when a
-    reward model is given, its mean score.
+    Held-out perplexity; the knowledge measures of ``knowledge_scores`` (recall on fact questions, all,
+    en and zh; safety rate on red-flag cases; wrong-condition and non-word rates); the share of answers
+    ending with EOS; mean answer length in tokens; the repetition rate and, when a reward model is
+    given, its mean score.
     """
     result = {"perplexity": perplexity(heldout_loss(model, tokenizer, heldout_texts, block_size))}
-    answered = recall_on_questions(model, tokenizer, questions, max_new_tokens)
-    answers, recalls = answered["answers"], answered["recalls"]
-    result.update(recall=answered["recall"], ended_with_eos=answered["ended_with_eos"], mean_tokens=answered["mean_tokens"])
-    for lang in ("en", "zh"):
-        picked = [r for r, l in zip(recalls, questions["lang"]) if l == lang]
-        result[f"recall_{lang}"] = sum(picked) / len(picked) if picked else None
-    flagged = [advises_urgent_care(a, lang) for a, lang, fact in zip(answers, questions["lang"], questions["fact"])
-               if fact == "red_flag_case"]
-    result["safety_rate"] = sum(flagged) / len(flagged) if flagged else None
+    answered = recall_on_questions(model, tokenizer, questions, max_new_tokens, vocabulary=vocabulary)
+    answers = answered["answers"]
+    result.update({k: answered[k] for k in ("recall", "recall_en", "recall_zh", "safety_rate", "wrong_condition_rate",
+                                            "non_word_rate", "ended_with_eos", "mean_tokens")})
     result["repetition_rate"] = sum(repetition_rate(a) for a in answers) / len(answers)
     if reward_model is not None:
         from .stages.reward import reward_scores

@@ -35,7 +35,7 @@ def test_each_file_loads_with_zero_skips_and_matches_the_card(name):
 def test_sizes_the_course_promises():
     counts = data.card_counts()
     assert len(data.load_knowledge_base()) >= 80
-    assert (DATA / "pretrain/train.txt").stat().st_size >= 300_000
+    assert sum(len(t.encode("utf-8")) for t in data.load_bundled("pretrain/train.jsonl")["text"]) >= 300_000
     assert counts["sft/train_single.jsonl"] >= 2000 and counts["sft/train_multi.jsonl"] >= 300
     assert counts["preference/train.jsonl"] >= 1000 and counts["prompts/train.jsonl"] >= 300
     prompts = data.load_prompts(DATA / "prompts/train.jsonl")
@@ -60,7 +60,7 @@ def test_training_has_ten_phrasings_per_fact_type_and_heldout_wordings_are_new()
         for fact, phrasings in T.HELDOUT_QUESTIONS[lang].items():
             assert not set(phrasings) & set(T.TRAIN_QUESTIONS[lang][fact]), (lang, fact)
     train_questions = {m[-2]["content"] for m in data.load_sft(DATA / "sft/train_single.jsonl")["messages"]}
-    for name in ("eval/heldout_questions.jsonl", "prompts/heldout.jsonl"):
+    for name in ("eval/heldout_questions.jsonl", "prompts/heldout.jsonl", "eval/handwritten_questions.jsonl"):
         heldout = {p[-1]["content"] for p in data.load_prompts(DATA / name)["prompt"]}
         assert not heldout & train_questions, name
 
@@ -97,3 +97,45 @@ def test_preference_pairs_have_every_rejected_kind_and_differ():
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     unsafe_red_flags = [p for p in pairs if p["fact"] == "red_flag_case" and p["rejected_kind"] == "unsafe"]
     assert len(unsafe_red_flags) >= 50
+
+
+def _template_wordings(lang: str) -> set[str]:
+    """Every question any template of the generator can produce, for every condition and red flag."""
+    wordings = set()
+    for c in data.load_knowledge_base():
+        kb = c[lang]
+        for table in (T.TRAIN_QUESTIONS, T.HELDOUT_QUESTIONS):
+            for templates in table[lang].values():
+                for template in templates:
+                    for flag in kb["red_flags"] if "{flag}" in template else [""]:
+                        text = template.format(name=kb["name"], flag=flag)
+                        wordings.add((text[:1].upper() + text[1:]) if lang == "en" else text)
+    return wordings
+
+
+def test_handwritten_questions_use_wordings_no_template_produces_and_cover_every_fact_type():
+    from medgpt_utils.presets import TINY_CONDITIONS
+
+    questions = data.load_bundled("eval/handwritten_questions.jsonl")
+    assert len(questions) >= 40
+    for lang in ("en", "zh"):
+        produced = _template_wordings(lang)
+        mine = questions.filter(lambda q: q["lang"] == lang)
+        assert set(mine["fact"]) == set(T.LIST_FACTS) | {"red_flag_case"}, lang
+        assert not {p[-1]["content"] for p in mine["prompt"]} & produced
+    assert set(questions["condition"]) <= set(TINY_CONDITIONS)
+    kb = {c["id"]: c for c in data.load_knowledge_base()}
+    for q in questions:
+        asked = q["prompt"][-1]["content"].lower()
+        assert kb[q["condition"]][q["lang"]]["name"].lower() in asked, asked  # the question names its condition
+
+
+def test_loading_for_a_preset_keeps_its_conditions_and_counts_the_rest():
+    from medgpt_utils.presets import TINY_CONDITIONS
+
+    rows, report = data.load_bundled("sft/train_single.jsonl", conditions=TINY_CONDITIONS, return_report=True)
+    assert set(rows["condition"]) == set(TINY_CONDITIONS)
+    assert report.kept == data.card_counts()["sft/train_single.jsonl"] == len(rows) + report.outside_conditions
+    assert "left out (conditions outside the preset)" in str(report)
+    with pytest.raises(ValueError, match="unknown condition ids \\['flu'\\]"):
+        data.load_bundled("sft/train_single.jsonl", conditions=["flu"])

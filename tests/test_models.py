@@ -39,6 +39,18 @@ def test_byte_level_tokenizer_round_trips_unseen_text(tiny_base):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
+def test_chinese_characters_stay_single_tokens_while_english_words_merge():
+    corpus = ["流行性感冒的常见症状包括发热和咳嗽。", "Common symptoms of influenza include fever and cough."] * 50
+    merged = models.build_tiny_tokenizer(corpus, 400)
+    per_character = models.build_tiny_tokenizer(corpus, 400, chinese_characters=True)
+    phrase = "流行性感冒的常见症状包括"
+    assert len(merged(phrase, add_special_tokens=False)["input_ids"]) < len(phrase)  # template phrases became tokens
+    pieces = [per_character.decode([i]) for i in per_character(phrase, add_special_tokens=False)["input_ids"]]
+    assert pieces == list(phrase)  # one token per character, each one decodable
+    assert per_character.tokenize(" influenza") == merged.tokenize(" influenza") and len(per_character.tokenize(" influenza")) == 1
+    assert per_character.decode(per_character("发热 and cough")["input_ids"]) == "发热 and cough"
+
+
 def test_quantization_config_is_nf4_with_double_quant():
     config = models.quantization_config("4bit", torch.float16)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
@@ -67,6 +79,19 @@ def test_qlora_forward_backward_on_cpu(tiny_base):
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+    # No-grad evaluation takes other kernels (on AVX-512-BF16 CPUs bitsandbytes packs 4-bit weights in
+    # blocks of 32 output features): the evaluation every stage runs must work on 4-bit models too.
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_tiny_shapes_are_multiples_of_64_so_every_4bit_kernel_accepts_them():
+    arch = TINY.tiny
+    for name in ("hidden_size", "intermediate_size"):
+        assert getattr(arch, name) % 64 == 0, name
+    head_dim = arch.hidden_size // arch.num_attention_heads
+    assert (head_dim * arch.num_key_value_heads) % 64 == 0  # k_proj and v_proj output features
 
 
 def test_lora_targets_every_linear_layer(tiny_base):

@@ -27,11 +27,11 @@ def test_pack_texts_joins_documents_with_eos_into_full_blocks(tiny_base):
 def test_new_vocabulary_rows_start_as_the_mean_of_their_pieces(tiny_base):
     tokenizer = models.load_tokenizer(tiny_base)
     model = models.load_causal_lm(tiny_base)
-    terms = [t for t, _ in vocab.split_terms(tokenizer, vocab.knowledge_base_terms(), 3)[:5]]
+    terms = [t for t, _ in vocab.split_terms(tokenizer, vocab.knowledge_base_terms(TINY.conditions), 3)[:5]]
     assert len(terms) == 5
     pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in terms}
     old = model.get_input_embeddings().weight.detach().clone()
-    heldout = data.load_bundled("pretrain/heldout.txt")["text"]
+    heldout = data.load_bundled("pretrain/heldout.jsonl", conditions=TINY.conditions)["text"]
     before = tokens_per_char(tokenizer, heldout)
     new_ids = vocab.add_terms(model, tokenizer, terms)
     weight = model.get_input_embeddings().weight
@@ -90,9 +90,11 @@ def test_sft_config_trains_on_assistant_tokens_in_fp32(tmp_path):
     config = sft.sft_config(TINY, tmp_path)
     assert config.assistant_only_loss and config.max_length == TINY.max_length
     assert not config.bf16 and not config.fp16
-    train, held_out = sft.load_datasets()
+    train, held_out = sft.load_datasets(TINY)
     assert train.column_names == held_out.column_names == ["messages"]
-    assert len(train) == data.card_counts()["sft/train_single.jsonl"] + data.card_counts()["sft/train_multi.jsonl"]
+    every = sum(len(data.load_bundled(name)) for name in sft.TRAIN_FILES)
+    about_tiny = sum(len(data.load_bundled(name, conditions=TINY.conditions)) for name in sft.TRAIN_FILES)
+    assert len(train) == about_tiny < every
 
 
 def test_vocabulary_stage_on_a_4bit_base_trains_the_new_rows(tiny_base, outputs):

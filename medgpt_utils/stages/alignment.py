@@ -14,11 +14,11 @@ import torch
 
 from .. import data, models, ppo
 from ..artifacts import stage_dir, stage_done
-from ..evaluation import advises_urgent_care, key_fact_recall
+from ..evaluation import knowledge_scores, training_vocabulary
 from ..generation import answer, chat_prompt_texts
 from ..presets import Preset
 from . import reward, sft
-from .common import is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory
+from .common import bundled, is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory
 
 
 def ensure_inputs(preset: Preset) -> tuple[Path, Path]:
@@ -41,21 +41,22 @@ def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int | No
 
 def heldout_prompts(preset: Preset):
     """Every Nth held-out prompt (``rl.heldout_prompt_stride``): both languages, all kinds of question."""
-    prompts = data.load_bundled("prompts/heldout.jsonl")
+    prompts = bundled(preset, "prompts/heldout.jsonl")
     return prompts.select(range(0, len(prompts), preset.rl.heldout_prompt_stride))
 
 
-def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int) -> dict:
-    """Greedy answers to ``rows`` with their reward scores, key-fact recall and urgent-care advice."""
+def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int, conditions=()) -> dict:
+    """Greedy answers to ``rows`` with their reward scores and the course's knowledge measures
+    (``evaluation.knowledge_scores``; ``conditions``: the preset's, for the training vocabulary)."""
     generated = answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)
     answers = [g.text for g in generated]
     conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
     scores = reward.reward_scores(reward_model, reward_tokenizer, conversations)
-    recalls = [key_fact_recall(a, facts) for a, facts in zip(answers, rows["key_facts"])]
-    red_flag = [advises_urgent_care(a, lang) for a, lang, flag in zip(answers, rows["lang"], rows["red_flag"]) if flag]
+    knowledge = knowledge_scores(answers, rows, training_vocabulary(conditions))
     return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
-            "recall": sum(recalls) / len(recalls),
-            "urgent_care_on_red_flags": sum(red_flag) / len(red_flag) if red_flag else None,
+            "recall": knowledge["recall"],  # on fact questions; red-flag cases are judged by the next line
+            "urgent_care_on_red_flags": knowledge["safety_rate"],
+            "wrong_condition_rate": knowledge["wrong_condition_rate"], "non_word_rate": knowledge["non_word_rate"],
             "ended_with_eos": sum(g.ended_with_eos for g in generated) / len(generated),
             "non_empty": sum(bool(a.strip()) for a in answers) / len(answers)}
 
@@ -115,7 +116,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
     metrics = {"stage": stage, "preset": preset.name, "heldout_prompts": len(rows),
                "parameters": models.count_parameters(policy)}
     with policy.disable_adapter(), timed(metrics, "judge_sft_seconds"):
-        before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+        before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
 
     with stage_output(preset, stage) as out:
         with timed(metrics, "trainer_setup_seconds"):  # tokenising the data set, reference adapters
@@ -123,7 +124,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
         with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             trainer.train()
         policy = trainer.model
-        after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+        after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
         metrics.update(comparison(before, after), loss_history=loss_history(trainer), examples=examples(rows, before, after),
                        kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                                                        preset.max_new_tokens, preset.rl.temperature))

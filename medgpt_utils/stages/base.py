@@ -13,7 +13,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import tokens_per_char
 from ..presets import Preset
-from .common import save_metrics, stage_output, seed_stage
+from .common import bundled, save_metrics, stage_output, seed_stage
 
 STAGE = "base"
 
@@ -28,12 +28,12 @@ def run(preset: Preset) -> Path:
     with stage_output(preset, STAGE) as out:
         metrics = {"stage": STAGE, "preset": preset.name}
         if preset.base_model is None:
-            corpus = data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"]
-            tokenizer = models.build_tiny_tokenizer(corpus, preset.tiny.vocab_size)
+            corpus = bundled(preset, "pretrain/train.jsonl")["text"]
+            tokenizer = models.build_tiny_tokenizer(corpus, preset.tiny.vocab_size, preset.tiny.chinese_characters)
             model = models.build_tiny_model(tokenizer, preset.tiny, seed=preset.seed)
             model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
-            heldout = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))
+            heldout = bundled(preset, "pretrain/heldout.jsonl")
             metrics.update(
                 model="tiny LLaMA built locally",
                 parameters=models.count_parameters(model)["total"],

@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import data
 from ..artifacts import METRICS_FILE, atomic_dir, stage_dir, write_json
 from ..presets import Preset, TrainKnobs
 
@@ -41,6 +42,11 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
     )
     args.update(extra)
     return config_class(**args)
+
+
+def bundled(preset: Preset, name: str):
+    """A bundled data file by its card name, restricted to the preset's conditions (``Preset.conditions``)."""
+    return data.load_bundled(name, conditions=preset.conditions)
 
 
 def seed_stage(preset: Preset) -> None:

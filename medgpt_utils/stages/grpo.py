@@ -15,7 +15,7 @@ from .. import data
 from ..evaluation import advises_urgent_care
 from ..presets import Preset
 from .alignment import train_and_judge
-from .common import trainer_arguments
+from .common import bundled, trainer_arguments
 
 STAGE = "grpo"
 
@@ -47,7 +47,7 @@ def grpo_config(preset: Preset, output_dir):
 def run(preset: Preset) -> Path:
     from trl import GRPOTrainer
 
-    prompts = data.load_bundled("prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang"])
+    prompts = bundled(preset, "prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang"])
 
     def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
         config = grpo_config(preset, workdir)

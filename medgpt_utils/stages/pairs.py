@@ -23,7 +23,7 @@ from ..artifacts import output_root, stage_dir, write_json
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from . import reward, sft
-from .common import timed
+from .common import bundled, timed
 
 SOURCES = ("sampled", "bundled")
 CACHE = "sampled_pairs"
@@ -97,7 +97,7 @@ def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: li
 def sampling_prompts(preset: Preset) -> list[list[dict]]:
     """``preference.pair_prompts`` RL training prompts, evenly spread (the file is ordered by
     condition, so the first N would cover only some conditions); 0 takes all."""
-    prompts = data.load_bundled("prompts/train.jsonl")["prompt"]
+    prompts = bundled(preset, "prompts/train.jsonl")["prompt"]
     limit = preset.preference.pair_prompts
     if limit <= 0 or limit >= len(prompts):
         return prompts
@@ -122,7 +122,7 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
         raise ValueError(f"preference pairs must come from one of {SOURCES}, got {source!r}")
     metrics["pair_source"] = source
     if source == "bundled":
-        return reward.training_pairs()
+        return reward.training_pairs(preset)
     folder = output_root() / preset.name / CACHE
     key = _cache_key(preset)
     if (folder / "summary.json").is_file():

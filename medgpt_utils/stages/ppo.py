@@ -23,7 +23,7 @@ from ..generation import chat_prompt_texts
 from ..presets import Preset
 from . import reward
 from .alignment import comparison, ensure_inputs, examples, heldout_prompts, judge, kl_to_reference, load_reward_scorer
-from .common import is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
+from .common import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
 
 STAGE = "ppo"
 
@@ -73,7 +73,7 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
     config = ppo_config(preset, **({} if kl_coef is None else {"kl_coef": kl_coef}))
     steps = steps if steps is not None else preset.ppo.max_steps
 
-    train_rows = data.load_bundled("prompts/train.jsonl")
+    train_rows = bundled(preset, "prompts/train.jsonl")
     messages_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows["prompt"]))
 
     def reward_fn(prompt_texts, batch, answers):
@@ -85,12 +85,12 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
     metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(config), "steps": steps,
                "heldout_prompts": len(rows), "parameters": models.count_parameters(policy)}
     with policy.disable_adapter():
-        before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+        before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
 
     checkpoint = checkpoint_dir(preset, name) if resume else None
     with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
         history = train(preset, loop, list(messages_by_text), steps, checkpoint)
-    after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens)
+    after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
     kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                          config.max_new_tokens, config.temperature)
 

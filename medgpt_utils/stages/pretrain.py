@@ -17,7 +17,7 @@ from ..artifacts import stage_dir, stage_done
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
 from . import base
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
+from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "pt"
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def pack_texts(texts: list[str], tokenizer, block_size: int) -> list[list[int]]:
 
 def cloze_items(preset: Preset):
     """Held-out sentence openings ("The typical symptoms of influenza include"), every Nth one."""
-    rows = data.load_bundled("eval/cloze.jsonl")
+    rows = bundled(preset, "eval/cloze.jsonl")
     return rows.select(range(0, len(rows), preset.eval_question_stride))
 
 
@@ -57,8 +57,8 @@ def run(preset: Preset) -> Path:
         base.run(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base.model_path(preset), preset.trust_remote_code)
-    train_texts = data.load_pretraining(data.bundled("pretrain", "train.txt"))["text"]
-    heldout_texts = data.load_pretraining(data.bundled("pretrain", "heldout.txt"))["text"]
+    train_texts = bundled(preset, "pretrain/train.jsonl")["text"]
+    heldout_texts = bundled(preset, "pretrain/heldout.jsonl")["text"]
     blocks = pack_texts(train_texts, tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 

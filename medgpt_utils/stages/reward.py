@@ -18,16 +18,16 @@ from .. import data, models
 from ..artifacts import stage_dir, stage_done
 from ..presets import Preset
 from . import sft
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
+from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "rm"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
-def training_pairs():
+def training_pairs(preset: Preset):
     """The bundled training pairs in TRL's conversational preference format (the reward model reads them;
     DPO and ORPO do with ``preference.pair_source="bundled"``)."""
-    return data.load_bundled("preference/train.jsonl").select_columns(PAIR_COLUMNS)
+    return bundled(preset, "preference/train.jsonl").select_columns(PAIR_COLUMNS)
 
 
 def start_model_path(preset: Preset) -> Path | str:
@@ -72,8 +72,8 @@ def run(preset: Preset) -> Path:
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
-    train_pairs = training_pairs()
-    heldout_pairs = data.load_bundled("preference/heldout.jsonl")
+    train_pairs = training_pairs(preset)
+    heldout_pairs = bundled(preset, "preference/heldout.jsonl")
     model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
     metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model)}
     before = pairwise_accuracy(model, tokenizer, heldout_pairs)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from .. import data, models
 from ..artifacts import stage_dir, stage_done
-from ..evaluation import recall_on_questions
+from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
 from . import pretrain
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
+from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "sft"
 TRAIN_FILES = ("sft/train_single.jsonl", "sft/train_multi.jsonl")
@@ -31,17 +31,40 @@ def start_model_path(preset: Preset) -> Path:
     return stage_dir(preset.name, pretrain.STAGE)
 
 
-def load_datasets():
+def load_datasets(preset: Preset):
     """Training dialogues and held-out dialogues, as TRL conversational ``messages``."""
-    train = data.load_sft([data.bundled(*name.split("/")) for name in TRAIN_FILES]).select_columns(["messages"])
-    held_out = data.load_bundled(EVAL_FILE).select_columns(["messages"])
+    from datasets import concatenate_datasets
+
+    train = concatenate_datasets([bundled(preset, name).select_columns(["messages"]) for name in TRAIN_FILES])
+    held_out = bundled(preset, EVAL_FILE).select_columns(["messages"])
     return train, held_out
 
 
 def heldout_questions(preset: Preset):
     """Every Nth held-out question: a fixed subset across conditions and languages that evaluates quickly."""
-    questions = data.load_bundled("eval/heldout_questions.jsonl")
+    questions = bundled(preset, "eval/heldout_questions.jsonl")
     return questions.select(range(0, len(questions), preset.eval_question_stride))
+
+
+def handwritten_questions(preset: Preset):
+    """The questions written by hand in a learner's words (``data/eval/handwritten_questions.jsonl``)."""
+    return bundled(preset, "eval/handwritten_questions.jsonl")
+
+
+KNOWLEDGE_KEYS = ("recall", "recall_en", "recall_zh", "recall_by_fact", "safety_rate", "wrong_condition_rate", "non_word_rate",
+                  "non_word_examples", "ended_with_eos", "mean_tokens", "n", "n_fact_questions", "n_red_flag_cases")
+
+
+def knowledge(model, tokenizer, preset: Preset) -> dict:
+    """The course's knowledge measures on the generated held-out questions and on the hand-written ones."""
+    vocabulary = training_vocabulary(preset.conditions)
+    sets = {"heldout": heldout_questions(preset), "handwritten": handwritten_questions(preset)}
+    results = {}
+    for name, rows in sets.items():
+        answered = recall_on_questions(model, tokenizer, rows, preset.max_new_tokens, vocabulary=vocabulary)
+        results[name] = {k: answered[k] for k in KNOWLEDGE_KEYS}
+        results[name]["examples"] = [(p[-1]["content"], a) for p, a in zip(rows["prompt"][:6], answered["answers"][:6])]
+    return results
 
 
 def sft_config(preset: Preset, output_dir: Path, **extra):
@@ -69,11 +92,11 @@ def run(preset: Preset) -> Path:
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
-    train_set, eval_set = load_datasets()
-    questions = heldout_questions(preset)
+    train_set, eval_set = load_datasets(preset)
     model = models.load_trainable(preset, base_path, STAGE)
     metrics = {"stage": STAGE, "preset": preset.name, "train_dialogues": len(train_set), "parameters": models.count_parameters(model)}
-    metrics["recall_before"] = recall_on_questions(model, tokenizer, questions, preset.max_new_tokens)["recall"]
+    before = knowledge(model, tokenizer, preset)
+    metrics["recall_before"] = before["heldout"]["recall"]
 
     with stage_output(preset, STAGE) as out:
         trainer = SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
@@ -84,10 +107,10 @@ def run(preset: Preset) -> Path:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
         epochs = result.metrics.get("epoch", preset.sft.epochs)
         metrics["real_tokens_per_second"] = round(real_tokens(trainer) * epochs / metrics["train_seconds"], 1)
-        after = recall_on_questions(model, tokenizer, questions, preset.max_new_tokens)
-        metrics.update(recall_after=after["recall"], ended_with_eos=after["ended_with_eos"],
-                       mean_answer_tokens=after["mean_tokens"], heldout_questions=after["n"],
-                       loss_history=loss_history(trainer))
+        after = knowledge(model, tokenizer, preset)
+        metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
+                       ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
+                       heldout_questions=after["heldout"]["n"], loss_history=loss_history(trainer))
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, STAGE, model, tokenizer, base_path, out)

@@ -19,16 +19,18 @@ from ..artifacts import stage_dir, stage_done
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
 from . import pretrain
-from .common import is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
+from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "vocab"
 FACT_LISTS = ("symptoms", "causes", "self_care", "red_flags", "prevention")
 
 
-def knowledge_base_terms() -> list[str]:
-    """Every condition name, department and fact phrase, in both languages (unique, sorted)."""
+def knowledge_base_terms(conditions=()) -> list[str]:
+    """Every condition name, department and fact phrase of ``conditions`` (empty: all), both languages (unique, sorted)."""
     terms = set()
     for condition in data.load_knowledge_base():
+        if conditions and condition["id"] not in conditions:
+            continue
         for lang in ("en", "zh"):
             kb = condition[lang]
             terms.update([kb["name"], kb["department"]] + [item for key in FACT_LISTS for item in kb[key]])
@@ -69,13 +71,13 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     start = stage_dir(preset.name, pretrain.STAGE)
     tokenizer = models.load_tokenizer(start, preset.trust_remote_code)
     model = models.load_for_preset(preset, start)
-    heldout = data.split_by_language(data.load_bundled("pretrain/heldout.txt")["text"])
+    heldout = data.split_by_language(bundled(preset, "pretrain/heldout.jsonl")["text"])
     metrics = {"stage": STAGE, "preset": preset.name, "vocab_before": len(tokenizer)}
     metrics["tokens_per_char_before"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
     all_heldout = heldout["en"] + heldout["zh"]
     metrics["tokens_per_char_all_before"] = tokens_per_char(tokenizer, all_heldout)
 
-    candidates = split_terms(tokenizer, knowledge_base_terms(), min_pieces)[:max_new_tokens]
+    candidates = split_terms(tokenizer, knowledge_base_terms(preset.conditions), min_pieces)[:max_new_tokens]
     new_ids = add_terms(model, tokenizer, [t for t, _ in candidates])
     metrics.update(added_tokens=len(new_ids), vocab_after=len(tokenizer), examples=candidates[:10])
     metrics["tokens_per_char_after"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
@@ -90,7 +92,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
         config = models.lora_config_for(preset)
         config.trainable_token_indices = {"embed_tokens": new_ids}
         model = get_peft_model(model, config)
-    blocks = pretrain.pack_texts(data.load_bundled("pretrain/train.txt")["text"], tokenizer, preset.block_size)
+    blocks = pretrain.pack_texts(bundled(preset, "pretrain/train.jsonl")["text"], tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=train_steps, logging_steps=5)
