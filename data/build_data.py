@@ -170,6 +170,7 @@ def partial(items: list[str], rng: random.Random) -> list[str]:
 
 
 SFT_QUESTIONS_PER_FACT = 4  # wordings per condition, language and fact type in single-turn SFT
+RED_FLAG_WORDINGS = 2  # single-turn SFT questions per red-flag sign
 FULL_ANSWER_SHARE = 0.7  # share of training answers that list every fact; the rest list some or one
 
 
@@ -185,10 +186,12 @@ def sft_single(conditions, rng: random.Random) -> list[dict]:
                     answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
                     rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
                                  "condition": c["id"], "lang": lang, "fact": fact})
-            for flag in kb["red_flags"][:2]:
-                template = rng.choice(T.TRAIN_QUESTIONS[lang]["red_flag_case"])
-                rows.append({"instruction": ask(template, kb, lang, flag), "input": "", "output": red_flag_answer(kb, lang, flag),
-                             "condition": c["id"], "lang": lang, "fact": "red_flag_case"})
+            # Every red flag, in two wordings: red-flag cases stay about a fifth of the questions, so that
+            # more wordings per fact type do not dilute the urgent-care lesson (measured: EXPERIMENTS.md).
+            for flag in kb["red_flags"]:
+                for template in rng.sample(T.TRAIN_QUESTIONS[lang]["red_flag_case"], RED_FLAG_WORDINGS):
+                    rows.append({"instruction": ask(template, kb, lang, flag), "input": "", "output": red_flag_answer(kb, lang, flag),
+                                 "condition": c["id"], "lang": lang, "fact": "red_flag_case"})
     rng.shuffle(rows)
     return rows
 

@@ -61,7 +61,9 @@ def write_report(preset: Preset, stages: list[str]) -> Path:
 
     evaluation = read_evaluation(preset.name)
     if evaluation:
-        lines += ["", f"## Evaluation across stages ({evaluation['questions']} held-out questions, greedy answers)", "",
+        handwritten = evaluation.get("handwritten_questions")
+        extra = f" and {handwritten} hand-written ones" if handwritten else ""
+        lines += ["", f"## Evaluation across stages ({evaluation['questions']} held-out questions{extra}, greedy answers)", "",
                   markdown_table(evaluation["rows"])]
     lines += ["", "Educational use only: not medical advice.", ""]
     report = root / "report.md"
