@@ -432,10 +432,14 @@ in new words.
 
 ## Schemas
 
-- `pretrain/*.jsonl`: `text`, one encyclopedia-style paragraph (zh or en), with its `condition` and `lang`.
+- `pretrain/*.jsonl`: `text`, one encyclopedia-style paragraph (zh or en), with its `condition` and
+  `lang`. Per condition and language: seven fixed paragraphs and eight whose sentences take varied
+  frames (`PRETRAIN_FRAMES`), so the facts are tied to the condition's name, not to one sentence.
 - `sft/train_single.jsonl`, `sft/valid.jsonl`: Alpaca `instruction`/`input`/`output`, plus
-  `condition`, `lang`, `fact`. Training answers vary in completeness on purpose (some list one
-  symptom, some all; some leave out the urgent-care advice), as real data does.
+  `condition`, `lang`, `fact`. Each condition, language and fact type is asked in four wordings
+  (from `TRAIN_QUESTIONS` and `EXTRA_SFT_QUESTIONS`), and every red-flag sign in two. Training
+  answers vary in completeness on purpose (most list every fact, some only a few or one; some leave
+  out the urgent-care advice), as real data does.
 - `sft/train_multi.jsonl`: ShareGPT `conversations` of `from` (system/human/gpt) and `value`;
   2-4 user turns whose follow-ups refer back to the condition; a system prompt in about 40%.
 - `preference/*.jsonl`: MedicalGPT format `conversations` + `chosen` + `rejected`, plus

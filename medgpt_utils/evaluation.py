@@ -139,8 +139,9 @@ def english_words(text: str) -> list[str]:
 
 
 def training_vocabulary(conditions=()) -> frozenset[str]:
-    """Every English word in the bundled training data (about ``conditions``; empty: all), plus the
-    chat template's words. An answer word outside it was made up by recombining tokens (garbling)."""
+    """Every English word of the bundled training data about ``conditions`` (empty: all): pretraining
+    text, SFT dialogues and preference pairs. An answer word outside it was made up by recombining
+    tokens (garbling, such as "tonsmques")."""
     return _training_vocabulary(tuple(sorted(conditions)))
 
 

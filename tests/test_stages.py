@@ -111,3 +111,22 @@ def test_vocabulary_stage_on_a_4bit_base_trains_the_new_rows(tiny_base, outputs)
     assert metrics["tokens_per_char_all_after"] < metrics["tokens_per_char_all_before"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["trainable_token_indices"]
+
+
+def test_a_stage_run_twice_gives_the_same_numbers(tiny_base, outputs, monkeypatch):
+    """`medgpt run` and a notebook call the same stage function: run the same way, it must give the same
+    numbers (each stage seeds itself after its inputs are built)."""
+    import json
+    import shutil
+
+    from medgpt_utils.presets import override
+
+    preset = override(TINY, {"pt.max_steps": 3, "pt.logging_steps": 1, "eval_question_stride": 50})
+    results = []
+    for attempt in ("first", "second"):
+        root = outputs / attempt
+        monkeypatch.setenv("MEDGPT_OUTPUT_DIR", str(root))
+        shutil.copytree(tiny_base, root / "tiny" / "base")
+        metrics = json.loads((pretrain.run(preset) / "metrics.json").read_text())
+        results.append((metrics["loss_history"], metrics["heldout_loss_after"], metrics["cloze_after"]["examples"]))
+    assert results[0] == results[1]
