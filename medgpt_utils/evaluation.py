@@ -182,8 +182,9 @@ def knowledge_scores(answers: list[str], rows, vocabulary: frozenset[str] | None
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
-    words = [w for a, lang in zip(answers, langs) if lang == "en" for w in english_words(a)]
-    unknown = [w for w in words if w not in vocabulary]
+    english = [a for a, lang in zip(answers, langs) if lang == "en"]
+    words = [w for a in english for w in english_words(a)]
+    unknown = [w for a in english for w in non_words(a, vocabulary)]
     return {
         "recall": mean(recalls),
         **{f"recall_{lang}": mean([r for r, l in zip(recalls, langs) if l == lang]) for lang in ("en", "zh")},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data, models, ppo
+from .. import models, ppo
 from ..artifacts import stage_dir, stage_done
 from ..evaluation import knowledge_scores, training_vocabulary
 from ..generation import answer, chat_prompt_texts

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data
 from ..evaluation import advises_urgent_care
 from ..presets import Preset
 from .alignment import train_and_judge

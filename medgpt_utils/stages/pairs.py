@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import data, ppo
+from .. import ppo
 from ..artifacts import output_root, stage_dir, write_json
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset

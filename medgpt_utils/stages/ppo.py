@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data, models, ppo
+from .. import models, ppo
 from ..artifacts import output_root, stage_dir
 from ..generation import chat_prompt_texts
 from ..presets import Preset

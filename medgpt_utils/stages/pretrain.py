@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from .. import data, models
+from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset

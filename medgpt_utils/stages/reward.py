@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data, models
+from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..presets import Preset
 from . import sft

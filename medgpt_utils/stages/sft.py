@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .. import data, models
+from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
