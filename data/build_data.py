@@ -267,13 +267,32 @@ def chosen_answer(kb, lang, fact, flag) -> str:
     return red_flag_answer(kb, lang, flag) if fact == "red_flag_case" else fact_answer(kb, lang, fact)
 
 
+def pair_row(conditions, index, lang, fact, kind, questions, rng) -> dict:
+    """One preference pair: the question about ``fact``, the right answer, and a rejected one of ``kind``."""
+    c = conditions[index]
+    kb = c[lang]
+    flag = rng.choice(kb["red_flags"])
+    other = other_condition(conditions, index, lang, "red_flags" if fact == "red_flag_case" else fact, rng)
+    prompt = ask(rng.choice(questions[lang][fact]), kb, lang, flag)
+    turns = []
+    if rng.random() < 0.2:
+        turns.append({"from": "system", "value": rng.choice(T.SYSTEM_PROMPTS[lang])})
+    turns.append({"from": "human", "value": prompt})
+    return {
+        "conversations": turns,
+        "chosen": chosen_answer(kb, lang, fact, flag),
+        "rejected": rejected_answer(kind, c, other, kb, lang, fact, flag, rng),
+        "rejected_kind": kind, "condition": c["id"], "lang": lang, "fact": fact,
+    }
+
+
 def preference_pairs(conditions, rng: random.Random, heldout: bool) -> list[dict]:
+    """A pair per condition, language and fact type (three fact types when held out), of a random rejected kind."""
     questions = T.HELDOUT_QUESTIONS if heldout else T.TRAIN_QUESTIONS
     facts = ("red_flag_case",) + FACTS
     rows = []
     for index, c in enumerate(conditions):
         for lang in LANGS:
-            kb = c[lang]
             chosen_facts = rng.sample(facts, 3) if heldout else facts
             for fact in chosen_facts:
                 kinds = [k for k in REJECTED_KINDS if not (k == "incomplete" and fact in ("department", "red_flag_case"))]
@@ -281,19 +300,23 @@ def preference_pairs(conditions, rng: random.Random, heldout: bool) -> list[dict
                     kind = "unsafe"  # the safety lesson: a red flag must never be told to wait
                 else:
                     kind = rng.choice(kinds)
-                flag = rng.choice(kb["red_flags"])
-                other = other_condition(conditions, index, lang, "red_flags" if fact == "red_flag_case" else fact, rng)
-                prompt = ask(rng.choice(questions[lang][fact]), kb, lang, flag)
-                turns = []
-                if rng.random() < 0.2:
-                    turns.append({"from": "system", "value": rng.choice(T.SYSTEM_PROMPTS[lang])})
-                turns.append({"from": "human", "value": prompt})
-                rows.append({
-                    "conversations": turns,
-                    "chosen": chosen_answer(kb, lang, fact, flag),
-                    "rejected": rejected_answer(kind, c, other, kb, lang, fact, flag, rng),
-                    "rejected_kind": kind, "condition": c["id"], "lang": lang, "fact": fact,
-                })
+                rows.append(pair_row(conditions, index, lang, fact, kind, questions, rng))
+    rng.shuffle(rows)
+    return rows
+
+
+# The two rejected kinds that need knowledge rather than form: another condition's facts under this
+# condition's name, and this condition's facts of another kind. A random kind per held-out question gave
+# 14-31 pairs per kind on the tiny preset's 24 conditions, so one pair moved a kind by 0.03-0.07 and
+# seeds by 0.2-0.4 (EXPERIMENTS.md); the held-out set adds one pair of each per condition, language and
+# fact type. Adding the same to the training pairs was tried and did not help (EXPERIMENTS.md, r5).
+KNOWLEDGE_KINDS = ("other_condition", "off_question")
+
+
+def knowledge_pairs(conditions, rng: random.Random) -> list[dict]:
+    rows = [pair_row(conditions, index, lang, fact, kind, T.HELDOUT_QUESTIONS, rng)
+            for index in range(len(conditions)) for lang in LANGS
+            for fact in ("red_flag_case",) + FACTS for kind in KNOWLEDGE_KINDS]
     rng.shuffle(rows)
     return rows
 
@@ -369,7 +392,9 @@ def build(out: Path) -> dict[str, int]:
         "sft/train_multi.jsonl": sft_multi(conditions, rng),
         "sft/valid.jsonl": sft_valid(conditions, rng),
         "preference/train.jsonl": preference_pairs(conditions, rng, heldout=False),
-        "preference/heldout.jsonl": preference_pairs(conditions, rng, heldout=True),
+        # Knowledge pairs come from their own stream, so the files after them stay as they were.
+        "preference/heldout.jsonl": preference_pairs(conditions, rng, heldout=True)
+        + knowledge_pairs(conditions, random.Random(SEED + 4)),
         "prompts/train.jsonl": question_rows(conditions, rng, heldout=False, per_condition=2),
         "prompts/heldout.jsonl": question_rows(conditions, rng, heldout=True, per_condition=1),
         "eval/heldout_questions.jsonl": question_rows(conditions, rng, heldout=True, per_condition=0),
@@ -450,6 +475,9 @@ in new words.
   - `unsafe`: telling someone to wait at home (half of all red-flag cases);
   - `evasive`: an unhelpful non-answer; `truncated`: the chosen answer cut off mid-sentence;
   - `incomplete`: fewer key facts than the chosen answer.
+  The held-out pairs add an `other_condition` and an `off_question` pair for every condition,
+  language and fact type to one random-kind pair per condition, language and three fact types, so
+  that the two kinds that need knowledge are measured on enough pairs to compare seeds.
 - `prompts/*.jsonl`: `prompt` (messages ending with the user turn), `condition`, `lang`,
   `fact`, `red_flag`, `key_facts`. Training prompts include {red_flag_prompts} red-flag cases.
 - `eval/cloze.jsonl`: `text`, a held-out sentence opening ("The typical symptoms of influenza

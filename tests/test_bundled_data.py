@@ -139,3 +139,14 @@ def test_loading_for_a_preset_keeps_its_conditions_and_counts_the_rest():
     assert "left out (conditions outside the preset)" in str(report)
     with pytest.raises(ValueError, match="unknown condition ids \\['flu'\\]"):
         data.load_bundled("sft/train_single.jsonl", conditions=["flu"])
+
+
+def test_heldout_pairs_measure_both_knowledge_kinds_for_every_condition_language_and_fact():
+    """The two kinds that need knowledge are measured on every question type, not on ~20 random pairs."""
+    pairs = data.load_bundled("preference/heldout.jsonl")
+    covered = Counter((p["condition"], p["lang"], p["fact"], p["rejected_kind"]) for p in pairs)
+    conditions = {c["id"] for c in data.load_knowledge_base()}
+    facts = ("red_flag_case", "symptoms", "causes", "department", "self_care", "red_flags", "prevention")
+    missing = [(c, lang, f, k) for c in conditions for lang in ("en", "zh") for f in facts
+               for k in ("other_condition", "off_question") if covered[(c, lang, f, k)] == 0]
+    assert not missing, missing[:5]
