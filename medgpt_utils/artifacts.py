@@ -15,8 +15,26 @@ from pathlib import Path
 from typing import Any, Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = PROJECT_ROOT / "data"
+DATA_ENV = "MEDGPT_DATA_DIR"
 OUTPUT_ENV = "MEDGPT_OUTPUT_DIR"
+
+
+def find_data_dir() -> Path:
+    """``$MEDGPT_DATA_DIR``, else ``data/`` beside the package (a clone), else the copy a wheel installed."""
+    import importlib.util
+
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    if (PROJECT_ROOT / "data" / "README.md").exists():
+        return PROJECT_ROOT / "data"
+    spec = importlib.util.find_spec("medgpt_data")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    raise FileNotFoundError(f"the course's bundled data was not found in {PROJECT_ROOT / 'data'} nor installed as "
+                            f"medgpt_data: reinstall the package, or set {DATA_ENV} to a copy of the repository's data/")
+
+
+DATA_DIR = find_data_dir()
 METRICS_FILE = "metrics.json"
 
 

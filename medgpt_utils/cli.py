@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .presets import PRESETS, get_preset, parse_overrides
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [args.name] if args.name else list(PRESETS)
         print(json.dumps({n: dataclasses.asdict(PRESETS[n]) for n in chosen}, indent=2))
         return 0
+    if getattr(args, "gpus", None):
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before preset detection first asks torch about CUDA
     try:
         preset = get_preset(args.preset, parse_overrides(args.set))
     except ValueError as err:
@@ -121,13 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _chat_command(args, preset) -> int:
-    import os
+    import torch
 
     from . import inference
-
-    if args.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before torch first touches CUDA
-    import torch
 
     device = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
     quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None

@@ -21,13 +21,21 @@ def chat_prompt_texts(tokenizer, conversations: list[list[dict]]) -> list[str]:
 
 @torch.no_grad()
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int = 64, batch_size: int = 32,
-             temperature: float = 0.0, seed: int = 0) -> list[Generated]:
-    """Continue each text; greedy when ``temperature`` is 0. Stops at EOS (tokens after it dropped)."""
+             temperature: float = 0.0, seed: int | None = None) -> list[Generated]:
+    """Continue each text; greedy when ``temperature`` is 0. Stops at EOS (tokens after it dropped).
+
+    Sampling draws from torch's global generator, so a stage seeded once samples differently at every
+    step; with ``seed`` it draws from a forked generator and leaves the global state as it was.
+    """
+    if seed is not None and temperature > 0:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return generate(model, tokenizer, texts, max_new_tokens, batch_size, temperature)
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # new tokens must follow the prompt directly in every row
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
     results: list[Generated] = []
     try:
         for start in range(0, len(texts), batch_size):

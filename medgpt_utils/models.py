@@ -7,7 +7,7 @@ stays off unless the caller asks for it.
 from __future__ import annotations
 
 import contextlib
-
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -121,8 +121,9 @@ def _load_kwargs(quantization, compute_dtype, device, trust_remote_code):
     qconfig = quantization_config(quantization, compute_dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        # bitsandbytes places quantized weights when they load; "" maps the whole model.
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+        # bitsandbytes places quantized weights when they load; "" maps the whole model. Under
+        # accelerate/torchrun each process owns the GPU of its LOCAL_RANK, not GPU 0.
+        kwargs["device_map"] = {"": device if device != "cuda" else int(os.environ.get("LOCAL_RANK", 0))}
     return kwargs
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -357,7 +358,9 @@ class PPOLoop:
 
     def _update(self, batch: Rollout, old_logprobs, old_values, advantages, returns) -> dict:
         cfg = self.config
-        self.model.train()
+        # Eval mode while the gradients flow: the old log-probs were computed without dropout, so LoRA
+        # dropout here would make the probability ratio differ from 1 by noise alone.
+        self.model.eval()
         n = batch.response.shape[0]
         T = batch.response.shape[1]
         sums: dict[str, float] = {}
@@ -398,7 +401,7 @@ class PPOLoop:
             self.model.save_pretrained(tmp / "adapter", safe_serialization=True)
             save_file(self.value_head.state_dict(), str(tmp / self.VALUE_HEAD_FILE))
             torch.save(self.optimizer.state_dict(), tmp / self.OPTIMIZER_FILE)  # tensors and numbers only
-            save_file({"torch": torch.get_rng_state()}, str(tmp / self.RNG_FILE))
+            save_file(rng_states(), str(tmp / self.RNG_FILE))
             state = {"step": self.step_count, "kl_coef": self.kl_coef, "config": asdict(self.config)}
             (tmp / self.CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
         return folder
@@ -414,10 +417,29 @@ class PPOLoop:
         self.value_head.load_state_dict(load_file(str(folder / self.VALUE_HEAD_FILE)))
         # weights_only=True: the loader refuses anything but tensors and plain containers
         self.optimizer.load_state_dict(torch.load(folder / self.OPTIMIZER_FILE, weights_only=True))
-        torch.set_rng_state(load_file(str(folder / self.RNG_FILE))["torch"])
+        set_rng_states(load_file(str(folder / self.RNG_FILE)))
         state = json.loads((folder / self.CHECKPOINT_STATE).read_text())
         self.step_count, self.kl_controller.value = state["step"], state["kl_coef"]
         return self.step_count
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """Every random state a resumed run needs: torch's CPU generator, each CUDA device's, Python's."""
+    states = {"torch": torch.get_rng_state(),
+              "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64)}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "python" in states:
+        internal = tuple(int(v) for v in states["python"].tolist())
+        random.setstate((3, internal, None))
+    cuda = [states[k] for k in sorted((k for k in states if k.startswith("cuda")), key=lambda k: int(k[4:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:

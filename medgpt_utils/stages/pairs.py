@@ -16,6 +16,7 @@ a sampling knob changes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .. import ppo
@@ -23,7 +24,7 @@ from ..artifacts import output_root, stage_dir, write_json
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from . import reward, sft
-from .common import bundled, timed
+from .common import bundled, is_main_process, timed
 
 SOURCES = ("sampled", "bundled")
 CACHE = "sampled_pairs"
@@ -139,9 +140,15 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
                                        knobs.pair_sample_temperature, preset.rl.missing_eos_penalty)
     summary["seconds"] = metrics["pair_sampling_seconds"]
     metrics["sampled_pairs"] = summary
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "pairs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in pairs), encoding="utf-8")
-    tmp.replace(folder / "pairs.jsonl")
-    write_json(folder / "summary.json", {"key": key, "summary": summary})  # written last: marks the cache complete
+    if is_main_process():
+        write_cache(folder, list(pairs), key, summary)
     return pairs
+
+
+def write_cache(folder: Path, rows: list[dict], key: dict, summary: dict) -> None:
+    """The pairs, then the summary that marks the cache complete; through a file only this process writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"pairs.jsonl.tmp-{os.getpid()}"
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(folder / "pairs.jsonl")
+    write_json(folder / "summary.json", {"key": key, "summary": summary})

@@ -65,13 +65,15 @@ def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int
 def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, name: str = STAGE,
         resume: bool = True) -> Path:
     """The PPO stage: saves to ``outputs/<preset>/<name>/`` (``name`` lets a lesson keep a variant)."""
+    steps = steps if steps is not None else preset.ppo.max_steps
+    if steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
+        raise ValueError(f"PPO needs ppo.max_steps > 0 (got {steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
     seed_stage(preset)
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
     policy = models.load_lora_model(preset, sft_path)
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
     config = ppo_config(preset, **({} if kl_coef is None else {"kl_coef": kl_coef}))
-    steps = steps if steps is not None else preset.ppo.max_steps
 
     train_rows = bundled(preset, "prompts/train.jsonl")
     messages_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows["prompt"]))

@@ -45,8 +45,11 @@ def split_terms(tokenizer, terms: list[str], min_pieces: int) -> list[tuple[str,
 
 def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
     """Add ``terms`` as tokens; new embedding rows start as the mean of their old pieces."""
+    known = [t for t in terms if t in tokenizer.get_vocab()]
+    if known or len(set(terms)) != len(terms):
+        raise ValueError(f"terms must be new and distinct; already tokens: {known[:5]}")
     old_pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in terms}
-    added = tokenizer.add_tokens(terms)
+    tokenizer.add_tokens(terms)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     embeddings = model.get_input_embeddings().weight
     new_ids = tokenizer.convert_tokens_to_ids(terms)
@@ -57,7 +60,6 @@ def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
         if output is not None and output.weight.data_ptr() != embeddings.data_ptr():
             for term, new_id in zip(terms, new_ids):
                 output.weight[new_id] = output.weight[old_pieces[term]].mean(dim=0)
-    assert added == len(terms), "some terms were already tokens"
     return new_ids
 
 
