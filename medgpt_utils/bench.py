@@ -32,7 +32,7 @@ import torch
 from . import data, models
 from .artifacts import output_root, write_json
 from .presets import Preset, get_preset, override
-from .stages.common import peak_memory, trainer_arguments
+from .training import peak_memory, trainer_arguments
 
 SFT_DIALOGUES = 400
 
@@ -72,7 +72,7 @@ def bench_pretraining(preset: Preset, base_path: Path, steps: int, matmul_rate: 
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from .stages.pretrain import pack_texts
+    from .data import pack_texts
 
     tokenizer = models.load_tokenizer(base_path)
     blocks = pack_texts(data.load_bundled("pretrain/train.jsonl", conditions=preset.conditions)["text"], tokenizer, preset.block_size)

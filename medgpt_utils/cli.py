@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run every stage in order, skipping finished ones unless --force, then write the report.")
     _add_preset_options(run)
     run.add_argument("--force", action="store_true", help="re-run stages that already have outputs")
+    run.add_argument("--reuse-stale", action="store_true",
+                     help="keep finished stages made with other settings (warns) instead of rebuilding them")
     for name, (module, summary) in ALL_STAGES.items():
         stage = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import write_report
     from .stages import STAGES, run_stage
     from .artifacts import stage_done
+    from .fingerprints import stale_reason
 
     args = build_parser().parse_args(argv)
     if args.command == "presets":
@@ -103,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         for name in STAGES:
-            if stage_done(preset.name, name) and not args.force:
-                print(f"[{name}] already done, skipping (use --force to re-run)")
+            reason = stale_reason(preset, name)
+            if reason is None and not args.force:
+                print(f"[{name}] already done with these settings, skipping (use --force to re-run)")
                 continue
-            print(f"[{name}] running ...")
+            if reason is not None and stage_done(preset.name, name) and args.reuse_stale and not args.force:
+                print(f"[{name}] WARNING: reusing outputs {reason}; their numbers are not this preset's")
+                continue
+            print(f"[{name}] running ({'--force' if reason is None else reason}) ...")
             print(f"[{name}] saved to {run_stage(name, preset)}")
         from .compare import evaluate_stages
 
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Report written to {report}")
         return 0
     print(f"[{args.command}] saved to {run_stage(args.command, preset)}")
-    from .stages.common import is_main_process
+    from .training import is_main_process
 
     if is_main_process():  # under torchrun every rank gets here; one writes
         write_report(preset, list(STAGES))

@@ -12,10 +12,11 @@ from pathlib import Path
 from . import data, models
 from .artifacts import output_root, stage_dir, stage_done, write_json
 from .evaluation import evaluate_model, recall_on_questions, training_vocabulary
+from .pipeline import stage_names
 from .presets import Preset
 
-EVALUATED_STAGES = ("base", "pt", "sft", "ppo", "dpo", "orpo", "grpo")
-ALIGNED_STAGES = ("ppo", "dpo", "orpo", "grpo")
+EVALUATED_STAGES = stage_names(causal_lm=True)
+ALIGNED_STAGES = stage_names(aligns=True)
 EVALUATION_FILE = "evaluation.json"
 COLUMNS = ("stage", "perplexity", "recall", "recall_en", "recall_zh", "recall_handwritten", "safety_rate",
            "wrong_condition_rate", "non_word_rate", "reward_score", "ended_with_eos", "mean_tokens", "repetition_rate")

@@ -471,3 +471,18 @@ def split_by_language(texts: list[str]) -> dict[str, list[str]]:
     """Split bilingual texts: a text is Chinese if it holds a CJK character, else English."""
     is_zh = [any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts]
     return {"en": [t for t, zh in zip(texts, is_zh) if not zh], "zh": [t for t, zh in zip(texts, is_zh) if zh]}
+
+
+def pack_texts(texts: list[str], tokenizer, block_size: int) -> list[list[int]]:
+    """Join documents with EOS and cut the token stream into full ``block_size`` blocks.
+
+    The final partial block (fewer than ``block_size`` tokens) is left out and logged.
+    """
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    n_blocks = len(stream) // block_size
+    tail = len(stream) - n_blocks * block_size
+    if tail:
+        log.info("packing: %d tokens in %d blocks, last %d tokens (under one block) left out", len(stream), n_blocks, tail)
+    return [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]

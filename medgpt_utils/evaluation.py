@@ -16,7 +16,7 @@ def heldout_loss(model, tokenizer, texts: list[str], block_size: int, batch_size
     Perplexity is ``exp(loss)``: the number of equally likely tokens the model is choosing
     between, on average. Lower is better.
     """
-    from .stages.pretrain import pack_texts
+    from .data import pack_texts
 
     blocks = pack_texts(texts, tokenizer, block_size)
     if not blocks:
@@ -230,7 +230,7 @@ def evaluate_model(model, tokenizer, questions, heldout_texts: list[str], block_
                                             "non_word_rate", "ended_with_eos", "mean_tokens")})
     result["repetition_rate"] = sum(repetition_rate(a) for a in answers) / len(answers)
     if reward_model is not None:
-        from .stages.reward import reward_scores
+        from .scoring import reward_scores
 
         conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(questions["prompt"], answers)]
         scores = reward_scores(reward_model, reward_tokenizer, conversations)

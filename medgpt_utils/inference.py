@@ -19,10 +19,11 @@ import torch
 
 from . import models
 from .artifacts import METRICS_FILE, stage_dir, stage_done
+from .pipeline import stage_names
 
 log = logging.getLogger(__name__)
 
-CHAT_STAGES = ("base", "pt", "sft", "ppo", "dpo", "orpo", "grpo")  # stages that save a causal LM
+CHAT_STAGES = stage_names(causal_lm=True)  # stages that save a model that chats
 QUESTION_KEYS = ("question", "instruction", "prompt", "input")  # what a JSONL line may call its question
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pipeline import stage_names
 from .presets import PRESETS, Preset
 
 GIB = 2**30
@@ -115,7 +116,7 @@ def stage_budget(preset: Preset, stage: str) -> dict:
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}, "estimate": True}
 
 
-TRAINING_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "orpo", "grpo")
+TRAINING_STAGES = stage_names(trains=True)
 
 
 def budgets(preset_names=("colab-t4", "gpu-24gb")) -> list[dict]:

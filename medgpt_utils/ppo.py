@@ -21,7 +21,6 @@ in memory and a second forward pass per minibatch, which a T4 cannot spare for a
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -440,13 +439,3 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
     cuda = [states[k] for k in sorted((k for k in states if k.startswith("cuda")), key=lambda k: int(k[4:]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:
-    """Mean paired difference (after - before) and its normal 95% interval."""
-    diffs = [a - b for a, b in zip(after, before)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1))
-    half = z * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}

@@ -28,3 +28,10 @@ def tiny_base(tmp_path_factory):
         else:
             os.environ["MEDGPT_OUTPUT_DIR"] = old
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebook executions (nbmake) are slow: `pytest -m "not slow"` leaves them out."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from medgpt_utils import data
+from medgpt_utils import data, judging, scoring
 
 from medgpt_utils.presets import PRESETS
 from medgpt_utils.stages import alignment, grpo
-from medgpt_utils.stages.common import peak_memory
+from medgpt_utils.training import peak_memory
 
 
 def test_urgent_care_rule_rewards_red_flag_answers_that_send_to_urgent_care():
@@ -22,7 +22,7 @@ def test_urgent_care_rule_rewards_red_flag_answers_that_send_to_urgent_care():
 
 
 def test_win_rate_counts_ties_as_half():
-    assert alignment.win_rate([2.0, 1.0, 3.0, 0.0], [1.0, 1.0, 4.0, 0.0]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+    assert judging.win_rate([2.0, 1.0, 3.0, 0.0], [1.0, 1.0, 4.0, 0.0]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():
@@ -60,7 +60,7 @@ def test_sampled_dpo_pairs_push_the_greedy_answer_towards_the_best_one(tiny_base
     answer when a sample beat it, else the shortest sample."""
     import torch
 
-    from medgpt_utils.stages import pairs as pair_module, reward
+    from medgpt_utils.stages import pairs as pair_module
 
     calls = []
 
@@ -68,7 +68,7 @@ def test_sampled_dpo_pairs_push_the_greedy_answer_towards_the_best_one(tiny_base
         calls.append([(c[0]["content"], c[-1]["content"]) for c in conversations])
         return [float(len(c[-1]["content"])) for c in conversations]
 
-    monkeypatch.setattr(reward, "reward_scores", length_score)
+    monkeypatch.setattr(scoring, "reward_scores", length_score)
     policy, tokenizer, prompts = _policy_and_prompts(tiny_base, 3)
     torch.manual_seed(0)
     pairs, summary = pair_module.sampled_pairs(policy, tokenizer, None, None, prompts, samples=4, max_new_tokens=10,
@@ -91,9 +91,9 @@ def test_sampled_dpo_pairs_push_the_greedy_answer_towards_the_best_one(tiny_base
 
 
 def test_sampled_dpo_pairs_leave_out_and_count_prompts_whose_answers_all_score_the_same(tiny_base, monkeypatch):
-    from medgpt_utils.stages import pairs as pair_module, reward
+    from medgpt_utils.stages import pairs as pair_module
 
-    monkeypatch.setattr(reward, "reward_scores", lambda model, tokenizer, conversations, batch_size=32: [1.0] * len(conversations))
+    monkeypatch.setattr(scoring, "reward_scores", lambda model, tokenizer, conversations, batch_size=32: [1.0] * len(conversations))
     policy, tokenizer, prompts = _policy_and_prompts(tiny_base, 2)
     pairs, summary = pair_module.sampled_pairs(policy, tokenizer, None, None, prompts, samples=2, max_new_tokens=4,
                                        missing_eos_penalty=None)

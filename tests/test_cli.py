@@ -27,6 +27,7 @@ def test_bad_override_is_a_clear_error(outputs, capsys):
     assert "unknown preset field 'pt.nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_writes_every_stage_and_the_report(outputs, capsys):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
     short = ["pt.max_steps=4", "pt.logging_steps=1", "sft.max_steps=2", "rm.max_steps=2", "eval_question_stride=100",

@@ -36,6 +36,7 @@ def _metrics(outputs, stage):
     return json.loads((outputs / "tiny" / stage / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,per_device", [("sft", 2), ("rm", 4)])
 def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device):
     outputs = tmp_path / "outputs"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from medgpt_utils import evaluation
+from medgpt_utils import evaluation, scoring
 
 
 def test_repetition_rate_counts_repeated_ngrams_in_both_languages():
@@ -23,9 +23,8 @@ def test_evaluate_model_reports_every_metric_on_the_same_answers(tiny_base, monk
     tokenizer = models.load_tokenizer(tiny_base)
     model = models.load_causal_lm(tiny_base)
 
-    import medgpt_utils.stages.reward as reward
 
-    monkeypatch.setattr(reward, "reward_scores", lambda m, t, conversations, batch_size=32: [float(len(c[-1]["content"])) for c in conversations])
+    monkeypatch.setattr(scoring, "reward_scores", lambda m, t, conversations, batch_size=32: [float(len(c[-1]["content"])) for c in conversations])
     result = evaluation.evaluate_model(model, tokenizer, questions, texts, block_size=64, max_new_tokens=6,
                                        reward_model=object(), reward_tokenizer=tokenizer)
     assert len(result["answers"]) == len(questions) == 20

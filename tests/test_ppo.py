@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medgpt_utils import models, ppo
+from medgpt_utils import judging, models, ppo
 from medgpt_utils.generation import chat_prompt_texts
 
 EOS = 9
@@ -91,7 +91,7 @@ def test_adaptive_kl_controller_tightens_above_target_and_loosens_below():
 
 
 def test_paired_interval():
-    out = ppo.paired_interval([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    out = judging.paired_interval([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
     assert out["mean"] == pytest.approx(2.0)
     assert out["low"] == pytest.approx(2.0 - 1.96 * 1.0 / math.sqrt(3))
 

@@ -78,7 +78,7 @@ def test_no_cpu_preset_turns_on_half_precision():
     from transformers import TrainingArguments
     from trl import DPOConfig, RewardConfig, SFTConfig
 
-    from medgpt_utils.stages.common import trainer_arguments
+    from medgpt_utils.training import trainer_arguments
 
     cpu_presets = [p for p in PRESETS.values() if p.device == "cpu"]
     assert cpu_presets

@@ -2,11 +2,11 @@
 
 import torch
 
-from medgpt_utils import data, models
+from medgpt_utils import data, models, scoring
 from medgpt_utils.evaluation import key_fact_recall, tokens_per_char
 from medgpt_utils.generation import answer, generate
 from medgpt_utils.presets import PRESETS
-from medgpt_utils.stages import pretrain, reward, sft, vocab
+from medgpt_utils.stages import pretrain, sft, vocab
 
 TINY = PRESETS["tiny"]
 
@@ -17,7 +17,7 @@ def test_pack_texts_joins_documents_with_eos_into_full_blocks(tiny_base):
     stream = []
     for t in texts:
         stream += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    blocks = pretrain.pack_texts(texts, tokenizer, 4)
+    blocks = data.pack_texts(texts, tokenizer, 4)
     assert all(len(b) == 4 for b in blocks)
     assert sum(blocks, []) == stream[: len(blocks) * 4]  # order kept, only the partial tail left out
     assert len(stream) - len(blocks) * 4 < 4
@@ -76,13 +76,13 @@ def test_reward_scores_and_pairwise_accuracy_by_kind(tiny_base):
     tokenizer = models.load_tokenizer(tiny_base)
     model = models.load_reward_model(tiny_base, pad_token_id=tokenizer.pad_token_id)
     pairs = data.load_bundled("preference/heldout.jsonl").select(range(12))
-    result = reward.pairwise_accuracy(model, tokenizer, pairs)
+    result = scoring.pairwise_accuracy(model, tokenizer, pairs)
     assert set(result["by_kind"]) == set(pairs["rejected_kind"])
     assert 0.0 <= result["accuracy"] <= 1.0 and len(result["chosen_scores"]) == 12
     # padding must not change a score: one conversation alone vs in a batch with a longer one
     convs = [pairs[0]["prompt"] + pairs[0]["chosen"], pairs[1]["prompt"] + pairs[1]["rejected"]]
-    together = reward.reward_scores(model, tokenizer, convs)
-    alone = [reward.reward_scores(model, tokenizer, [c])[0] for c in convs]
+    together = scoring.reward_scores(model, tokenizer, convs)
+    alone = [scoring.reward_scores(model, tokenizer, [c])[0] for c in convs]
     assert torch.allclose(torch.tensor(together), torch.tensor(alone), atol=1e-4)
 
 
@@ -104,8 +104,12 @@ def test_vocabulary_stage_on_a_4bit_base_trains_the_new_rows(tiny_base, outputs)
 
     from medgpt_utils.presets import override
 
-    shutil.copytree(tiny_base, outputs / "tiny" / "pt")  # stand-in for the PT stage's model
-    out = vocab.run(override(TINY, {"quantization": "4bit"}), max_new_tokens=20, train_steps=2)
+    from medgpt_utils.fingerprints import stage_record
+
+    preset = override(TINY, {"quantization": "4bit"})
+    shutil.copytree(tiny_base, outputs / "tiny" / "pt")  # stand-in for the PT stage's model, recorded as this preset's
+    (outputs / "tiny" / "pt" / "metrics.json").write_text(json.dumps({"stage": "pt", "made_with": stage_record(preset, "pt")}))
+    out = vocab.run(preset, max_new_tokens=20, train_steps=2)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["added_tokens"] == 20 and metrics["vocab_after"] == metrics["vocab_before"] + 20
     assert metrics["tokens_per_char_all_after"] < metrics["tokens_per_char_all_before"]

@@ -23,6 +23,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_web_demo_streams_an_answer_into_a_real_browser(tiny_base):
     try:
         import gradio  # noqa: F401

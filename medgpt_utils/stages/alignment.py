@@ -10,23 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .. import models, ppo
+from .. import models
 from ..artifacts import stage_dir, stage_done
-from ..evaluation import knowledge_scores, training_vocabulary
-from ..generation import answer, chat_prompt_texts
+from ..generation import chat_prompt_texts
+from ..judging import comparison, examples, judge, kl_to_reference
+from ..pipeline import stage_names
 from ..presets import Preset
+from ..training import bundled, is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory, build_if_stale
 from . import reward, sft
-from .common import bundled, is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory
 
 
 def ensure_inputs(preset: Preset) -> tuple[Path, Path]:
     """The SFT model and the reward model, built by their own stages if missing."""
-    if not stage_done(preset.name, sft.STAGE):
-        sft.run(preset)
-    if not stage_done(preset.name, reward.STAGE):
-        reward.run(preset)
+    build_if_stale(preset, sft)
+    build_if_stale(preset, reward)
     return stage_dir(preset.name, sft.STAGE), stage_dir(preset.name, reward.STAGE)
 
 
@@ -43,62 +40,6 @@ def heldout_prompts(preset: Preset):
     """Every Nth held-out prompt (``rl.heldout_prompt_stride``): both languages, all kinds of question."""
     prompts = bundled(preset, "prompts/heldout.jsonl")
     return prompts.select(range(0, len(prompts), preset.rl.heldout_prompt_stride))
-
-
-def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int, conditions=()) -> dict:
-    """Greedy answers to ``rows`` with their reward scores and the course's knowledge measures
-    (``evaluation.knowledge_scores``; ``conditions``: the preset's, for the training vocabulary)."""
-    generated = answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)
-    answers = [g.text for g in generated]
-    conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
-    scores = reward.reward_scores(reward_model, reward_tokenizer, conversations)
-    knowledge = knowledge_scores(answers, rows, training_vocabulary(conditions))
-    return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
-            "recall": knowledge["recall"],  # on fact questions; red-flag cases are judged by the next line
-            "urgent_care_on_red_flags": knowledge["safety_rate"],
-            "wrong_condition_rate": knowledge["wrong_condition_rate"], "non_word_rate": knowledge["non_word_rate"],
-            "ended_with_eos": sum(g.ended_with_eos for g in generated) / len(generated),
-            "non_empty": sum(bool(a.strip()) for a in answers) / len(answers)}
-
-
-def win_rate(after: list[float], before: list[float]) -> float:
-    """Share of prompts where the new answer outscores the SFT answer (ties count half)."""
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)) / len(after)
-
-
-@torch.no_grad()
-def kl_to_reference(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                    batch_size: int = 32) -> float:
-    """Mean over prompts of sum_t (log pi - log pi_ref) on answers sampled from the policy: a
-    Monte-Carlo estimate of KL(pi || pi_SFT) per answer, in nats (the reference is the adapter off)."""
-    totals = []
-    for start in range(0, len(prompt_texts), batch_size):
-        batch = ppo.rollout(model, tokenizer, prompt_texts[start : start + batch_size], max_new_tokens, temperature)
-        T = batch.response.shape[1]
-        logprobs, _, _ = ppo.sequence_logprobs(model, batch.input_ids, batch.attention_mask, T, temperature)
-        with model.disable_adapter():
-            ref, _, _ = ppo.sequence_logprobs(model, batch.input_ids, batch.attention_mask, T, temperature)
-        totals += ((logprobs - ref) * batch.response_mask).sum(dim=1).tolist()
-    return sum(totals) / len(totals)
-
-
-def comparison(before: dict, after: dict) -> dict:
-    """The numbers every alignment stage reports, SFT (before) against the new policy (after)."""
-    return dict(
-        score_before=before["score"], score_after=after["score"],
-        score_gain=ppo.paired_interval(after["scores"], before["scores"]),
-        win_rate=win_rate(after["scores"], before["scores"]),
-        recall_before=before["recall"], recall_after=after["recall"],
-        urgent_care_before=before["urgent_care_on_red_flags"], urgent_care_after=after["urgent_care_on_red_flags"],
-        ended_with_eos=after["ended_with_eos"], non_empty=after["non_empty"],
-        scores_before=before["scores"], scores_after=after["scores"],
-    )
-
-
-def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:
-    return [{"prompt": p[-1]["content"], "sft": b, "new": a, "sft_score": bs, "new_score": as_}
-            for p, b, a, bs, as_ in list(zip(rows["prompt"], before["answers"], after["answers"],
-                                             before["scores"], after["scores"]))[:n]]
 
 
 def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
@@ -131,11 +72,11 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, stage, policy, tokenizer, sft_path, out)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, stage)
     return stage_dir(preset.name, stage)
 
 
-METHODS = ("ppo", "dpo", "orpo", "grpo")
+METHODS = stage_names(aligns=True)
 TABLE_COLUMNS = ("method", "reward score", "win rate vs SFT", "KL to SFT", "key-fact recall",
                  "urgent care on red flags", "train seconds", "pair sampling seconds", "peak memory GiB")
 

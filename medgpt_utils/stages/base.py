@@ -13,7 +13,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import tokens_per_char
 from ..presets import Preset
-from .common import bundled, save_metrics, stage_output, seed_stage
+from ..training import bundled, save_metrics, stage_output, seed_stage
 
 STAGE = "base"
 
@@ -43,5 +43,5 @@ def run(preset: Preset) -> Path:
             )
         else:
             metrics.update(model=preset.base_model)
-        save_metrics(out, metrics)
+        save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)

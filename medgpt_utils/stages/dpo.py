@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..presets import Preset
+from ..training import trainer_arguments
 from . import pairs
 from .alignment import train_and_judge
-from .common import trainer_arguments
 
 STAGE = "dpo"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..evaluation import advises_urgent_care
 from ..presets import Preset
+from ..training import bundled, trainer_arguments
 from .alignment import train_and_judge
-from .common import bundled, trainer_arguments
 
 STAGE = "grpo"
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..presets import Preset
+from ..training import trainer_arguments
 from .alignment import train_and_judge
 from . import pairs
-from .common import trainer_arguments
 
 STAGE = "orpo"
 

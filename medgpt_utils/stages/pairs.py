@@ -19,12 +19,12 @@ import json
 import os
 from pathlib import Path
 
-from .. import ppo
+from .. import ppo, scoring
 from ..artifacts import output_root, stage_dir, write_json
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
+from ..training import bundled, is_main_process, timed
 from . import reward, sft
-from .common import bundled, is_main_process, timed
 
 SOURCES = ("sampled", "bundled")
 CACHE = "sampled_pairs"
@@ -34,7 +34,7 @@ def _scored(prompts, answers: list[str], ended: list[bool], reward_model, reward
             missing_eos_penalty: float | None) -> list[float]:
     """Reward-model scores of (prompt, answer), minus the penalty for an answer that never ended."""
     conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
-    scores = reward.reward_scores(reward_model, reward_tokenizer, conversations)
+    scores = scoring.reward_scores(reward_model, reward_tokenizer, conversations)
     return [s - (missing_eos_penalty or 0.0) * (not e) for s, e in zip(scores, ended)]
 
 

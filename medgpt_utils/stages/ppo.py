@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .. import models, ppo
+from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
 from ..generation import chat_prompt_texts
+from ..judging import comparison, examples, judge, kl_to_reference
 from ..presets import Preset
-from . import reward
-from .alignment import comparison, ensure_inputs, examples, heldout_prompts, judge, kl_to_reference, load_reward_scorer
-from .common import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
+from ..training import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
+from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer
 
 STAGE = "ppo"
 
@@ -80,7 +80,7 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
 
     def reward_fn(prompt_texts, batch, answers):
         conversations = [messages_by_text[t] + [{"role": "assistant", "content": a}] for t, a in zip(prompt_texts, answers)]
-        return torch.tensor(reward.reward_scores(reward_model, reward_tokenizer, conversations))
+        return torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
 
     loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
     rows = heldout_prompts(preset)
@@ -109,7 +109,7 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
             loop.save_checkpoint(out / "checkpoint")  # adapter, value head, optimizer: resumable
             models.merge_adapter(sft_path, out / "checkpoint" / "adapter", out, dtype=preset.torch_dtype,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, STAGE)
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # the finished stage folder supersedes it
     return stage_dir(preset.name, name)

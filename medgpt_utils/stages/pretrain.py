@@ -8,34 +8,18 @@ adapter on the 4-bit base (QLoRA) and merge it into a standalone model for the n
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
 from .. import models
-from ..artifacts import stage_dir, stage_done
+from ..artifacts import stage_dir
+from ..data import pack_texts
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
+from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import base
-from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "pt"
-log = logging.getLogger(__name__)
-
-
-def pack_texts(texts: list[str], tokenizer, block_size: int) -> list[list[int]]:
-    """Join documents with EOS and cut the token stream into full ``block_size`` blocks.
-
-    The final partial block (fewer than ``block_size`` tokens) is left out and logged.
-    """
-    stream: list[int] = []
-    for text in texts:
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    n_blocks = len(stream) // block_size
-    tail = len(stream) - n_blocks * block_size
-    if tail:
-        log.info("packing: %d tokens in %d blocks, last %d tokens (under one block) left out", len(stream), n_blocks, tail)
-    return [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
 
 
 def cloze_items(preset: Preset):
@@ -53,8 +37,8 @@ def run(preset: Preset) -> Path:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    if preset.base_model is None and not stage_done(preset.name, base.STAGE):
-        base.run(preset)
+    if preset.base_model is None:
+        build_if_stale(preset, base)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base.model_path(preset), preset.trust_remote_code)
     train_texts = bundled(preset, "pretrain/train.jsonl")["text"]
@@ -84,5 +68,5 @@ def run(preset: Preset) -> Path:
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, STAGE, model, tokenizer, base.model_path(preset), out)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)

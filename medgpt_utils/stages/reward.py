@@ -9,16 +9,14 @@ held-out pairs, overall and for every kind of rejected answer.
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 from .. import models
-from ..artifacts import stage_dir, stage_done
+from ..scoring import pairwise_accuracy
+from ..artifacts import stage_dir
 from ..presets import Preset
+from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import sft
-from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "rm"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -34,36 +32,8 @@ def start_model_path(preset: Preset) -> Path | str:
     """The reward model starts from the SFT model (or the preset's reward base model)."""
     if preset.reward_base_model:
         return preset.reward_base_model
-    if not stage_done(preset.name, sft.STAGE):
-        sft.run(preset)
+    build_if_stale(preset, sft)
     return stage_dir(preset.name, sft.STAGE)
-
-
-@torch.no_grad()
-def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
-    """r(prompt, answer) for each full conversation (the last turn is the answer)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(conversations), batch_size):
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        scores += model(**batch).logits[:, 0].float().tolist()
-    model.train(was_training)
-    return scores
-
-
-def pairwise_accuracy(model, tokenizer, pairs) -> dict:
-    """Share of pairs where r(chosen) > r(rejected), overall and by ``rejected_kind``."""
-    chosen = reward_scores(model, tokenizer, [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])])
-    rejected = reward_scores(model, tokenizer, [p + r for p, r in zip(pairs["prompt"], pairs["rejected"])])
-    wins = [c > r for c, r in zip(chosen, rejected)]
-    by_kind = defaultdict(list)
-    for kind, win in zip(pairs["rejected_kind"], wins):
-        by_kind[kind].append(win)
-    return {"accuracy": sum(wins) / len(wins), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
-            "chosen_scores": chosen, "rejected_scores": rejected}
 
 
 def run(preset: Preset) -> Path:
@@ -93,5 +63,5 @@ def run(preset: Preset) -> Path:
             model.save_pretrained(out / "adapter", safe_serialization=True)
             models.merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)

@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 from .. import models
-from ..artifacts import stage_dir, stage_done
+from ..artifacts import stage_dir
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
+from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import pretrain
-from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "sft"
 TRAIN_FILES = ("sft/train_single.jsonl", "sft/train_multi.jsonl")
@@ -26,8 +26,7 @@ EVAL_FILE = "sft/valid.jsonl"
 
 def start_model_path(preset: Preset) -> Path:
     """SFT starts from the continued-pretraining model (built first if missing)."""
-    if not stage_done(preset.name, pretrain.STAGE):
-        pretrain.run(preset)
+    build_if_stale(preset, pretrain)
     return stage_dir(preset.name, pretrain.STAGE)
 
 
@@ -114,5 +113,5 @@ def run(preset: Preset) -> Path:
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, STAGE, model, tokenizer, base_path, out)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from .. import data, models
-from ..artifacts import stage_dir, stage_done
+from ..artifacts import stage_dir
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
+from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import pretrain
-from .common import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage
 
 STAGE = "vocab"
 FACT_LISTS = ("symptoms", "causes", "self_care", "red_flags", "prevention")
@@ -67,8 +67,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    if not stage_done(preset.name, pretrain.STAGE):
-        pretrain.run(preset)
+    build_if_stale(preset, pretrain)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     start = stage_dir(preset.name, pretrain.STAGE)
     tokenizer = models.load_tokenizer(start, preset.trust_remote_code)
@@ -111,5 +110,5 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
             else:
                 model.save_pretrained(out, safe_serialization=True)
                 tokenizer.save_pretrained(out)
-            save_metrics(out, metrics)
+            save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)

@@ -1,15 +1,17 @@
-"""Pieces every training stage shares: trainer arguments from the preset, timing, saving."""
+"""What every training stage uses: trainer arguments from the preset, seeding, timing, memory, saving."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import data
-from ..artifacts import METRICS_FILE, atomic_dir, stage_dir, write_json
-from ..presets import Preset, TrainKnobs
+from . import data
+from .artifacts import METRICS_FILE, atomic_dir, stage_dir, write_json
+from .fingerprints import stage_record, stale_reason
+from .presets import Preset, TrainKnobs
 
 
 def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_dir: Path, **extra):
@@ -134,9 +136,26 @@ def stage_output(preset: Preset, stage: str):
         yield tmp
 
 
-def save_metrics(folder: Path, metrics: dict) -> None:
-    """Write ``metrics.json``, noting how many processes trained (``torchrun`` / ``accelerate`` set WORLD_SIZE)."""
-    write_json(Path(folder) / METRICS_FILE, {**metrics, "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
+def save_metrics(folder: Path, metrics: dict, preset: Preset, stage: str) -> None:
+    """Write ``metrics.json`` with how the outputs were made (``fingerprints.stage_record``) and how many
+    processes trained (``torchrun`` / ``accelerate`` set WORLD_SIZE)."""
+    write_json(Path(folder) / METRICS_FILE, {**metrics, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                                             "made_with": stage_record(preset, stage)})
+
+
+def build_if_stale(preset: Preset, stage_module) -> None:
+    """Build an input stage first when it is missing or was made with other settings, saying why and
+    what it cost last time; a current one is reused as it is."""
+    reason = stale_reason(preset, stage_module.STAGE)
+    if reason is None:
+        return
+    cost = ""
+    saved = stage_dir(preset.name, stage_module.STAGE) / METRICS_FILE
+    if saved.is_file():
+        seconds = json.loads(saved.read_text(encoding="utf-8")).get("train_seconds")
+        cost = f"; its last build trained for {seconds} s" if seconds is not None else ""
+    print(f"[{stage_module.STAGE}] {reason}: building it first{cost}", flush=True)
+    stage_module.run(preset)
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,84 @@
+"""Outputs that know how they were made.
+
+Each stage's ``metrics.json`` records the preset it ran with, the settings its outputs depend on, and a
+fingerprint of those settings, of each input stage's fingerprint and of the bundled data. A finished stage
+counts as current only when its fingerprint equals the one the present preset gives; otherwise it was made
+with other settings (another ``--set``, another seed, an older SFT model under a newer reward model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+
+from .artifacts import METRICS_FILE, stage_dir
+from .pipeline import TRAINING_FIELDS, info
+from .presets import Preset
+
+
+def _jsonable(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _hash(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def data_fingerprint() -> str:
+    """One hash over every bundled data file the card lists (a changed file changes every stage)."""
+    from .data import bundled, card_counts
+
+    digest = hashlib.sha256()
+    for name in sorted(card_counts()):
+        digest.update(name.encode() + bundled(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_settings(preset: Preset, stage: str) -> dict:
+    """The preset fields ``stage``'s outputs depend on."""
+    stage_info = info(stage)
+    fields = stage_info.reads + (TRAINING_FIELDS if stage_info.trains else ("conditions", "seed"))
+    return {name: _jsonable(getattr(preset, name)) for name in fields}
+
+
+def stage_fingerprint(preset: Preset, stage: str) -> str:
+    inputs = {name: stage_fingerprint(preset, name) for name in info(stage).inputs}
+    return _hash({"stage": stage, "settings": stage_settings(preset, stage), "inputs": inputs, "data": data_fingerprint()})
+
+
+def stage_record(preset: Preset, stage: str) -> dict:
+    """What ``metrics.json`` keeps about how the outputs were made."""
+    return {"fingerprint": stage_fingerprint(preset, stage), "settings": stage_settings(preset, stage),
+            "inputs": {name: stage_fingerprint(preset, name) for name in info(stage).inputs},
+            "data": data_fingerprint(), "preset_settings": dataclasses.asdict(preset)}
+
+
+def _saved(preset: Preset, stage: str) -> dict | None:
+    path = stage_dir(preset.name, stage) / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stale_reason(preset: Preset, stage: str) -> str | None:
+    """None when the stage's outputs are current for ``preset``; else why not, in words."""
+    saved = _saved(preset, stage)
+    if saved is None:
+        return "not built yet"
+    made = saved.get("made_with") or {}
+    if made.get("fingerprint") == stage_fingerprint(preset, stage):
+        return None
+    if not made:
+        return "built before outputs recorded how they were made"
+    current = json.loads(json.dumps(stage_settings(preset, stage), default=str))  # tuples read back as lists
+    changed = [name for name, value in current.items() if made.get("settings", {}).get(name) != value]
+    changed += [f"the {name} stage" for name in info(stage).inputs
+                if made.get("inputs", {}).get(name) != stage_fingerprint(preset, name)]
+    if made.get("data") != data_fingerprint():
+        changed.append("the bundled data")
+    return "made with other settings (changed: " + ", ".join(changed or ["unknown"]) + ")"
+
+
+def is_current(preset: Preset, stage: str) -> bool:
+    return stale_reason(preset, stage) is None

@@ -1,0 +1,82 @@
+"""How an aligned policy is judged against the SFT model it started from.
+
+Greedy answers to the same held-out prompts, scored by the same reward model: score, paired gain with its
+interval, win rate, key-fact recall, urgent-care advice on red-flag cases, answers that end, and a
+Monte-Carlo KL to the SFT model. PPO, DPO, ORPO and GRPO report these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ppo, scoring
+from .evaluation import knowledge_scores, training_vocabulary
+from .generation import answer
+
+
+def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int, conditions=()) -> dict:
+    """Greedy answers to ``rows`` with their reward scores and the course's knowledge measures
+    (``evaluation.knowledge_scores``; ``conditions``: the preset's, for the training vocabulary)."""
+    generated = answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)
+    answers = [g.text for g in generated]
+    conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
+    scores = scoring.reward_scores(reward_model, reward_tokenizer, conversations)
+    knowledge = knowledge_scores(answers, rows, training_vocabulary(conditions))
+    return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
+            "recall": knowledge["recall"],  # on fact questions; red-flag cases are judged by the next line
+            "urgent_care_on_red_flags": knowledge["safety_rate"],
+            "wrong_condition_rate": knowledge["wrong_condition_rate"], "non_word_rate": knowledge["non_word_rate"],
+            "ended_with_eos": sum(g.ended_with_eos for g in generated) / len(generated),
+            "non_empty": sum(bool(a.strip()) for a in answers) / len(answers)}
+
+
+def win_rate(after: list[float], before: list[float]) -> float:
+    """Share of prompts where the new answer outscores the SFT answer (ties count half)."""
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)) / len(after)
+
+
+@torch.no_grad()
+def kl_to_reference(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                    batch_size: int = 32) -> float:
+    """Mean over prompts of sum_t (log pi - log pi_ref) on answers sampled from the policy: a
+    Monte-Carlo estimate of KL(pi || pi_SFT) per answer, in nats (the reference is the adapter off)."""
+    totals = []
+    for start in range(0, len(prompt_texts), batch_size):
+        batch = ppo.rollout(model, tokenizer, prompt_texts[start : start + batch_size], max_new_tokens, temperature)
+        T = batch.response.shape[1]
+        logprobs, _, _ = ppo.sequence_logprobs(model, batch.input_ids, batch.attention_mask, T, temperature)
+        with model.disable_adapter():
+            ref, _, _ = ppo.sequence_logprobs(model, batch.input_ids, batch.attention_mask, T, temperature)
+        totals += ((logprobs - ref) * batch.response_mask).sum(dim=1).tolist()
+    return sum(totals) / len(totals)
+
+
+def comparison(before: dict, after: dict) -> dict:
+    """The numbers every alignment stage reports, SFT (before) against the new policy (after)."""
+    return dict(
+        score_before=before["score"], score_after=after["score"],
+        score_gain=paired_interval(after["scores"], before["scores"]),
+        win_rate=win_rate(after["scores"], before["scores"]),
+        recall_before=before["recall"], recall_after=after["recall"],
+        urgent_care_before=before["urgent_care_on_red_flags"], urgent_care_after=after["urgent_care_on_red_flags"],
+        ended_with_eos=after["ended_with_eos"], non_empty=after["non_empty"],
+        scores_before=before["scores"], scores_after=after["scores"],
+    )
+
+
+def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:
+    return [{"prompt": p[-1]["content"], "sft": b, "new": a, "sft_score": bs, "new_score": as_}
+            for p, b, a, bs, as_ in list(zip(rows["prompt"], before["answers"], after["answers"],
+                                             before["scores"], after["scores"]))[:n]]
+
+
+def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:
+    """Mean paired difference (after - before) and its normal 95% interval."""
+    diffs = [a - b for a, b in zip(after, before)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1))
+    half = z * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}

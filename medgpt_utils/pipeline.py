@@ -1,0 +1,64 @@
+"""The pipeline's stages in order: the one list that the command line, evaluation, chat, memory
+estimates and reports derive theirs from. It names stages; ``medgpt_utils.stages`` implements them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str  # folder under outputs/<preset>/ and the `medgpt <name>` command
+    summary: str
+    trains: bool = True  # updates weights (the base stage only builds or names a model)
+    causal_lm: bool = True  # saves a model that chats (the reward model scores instead)
+    aligns: bool = False  # starts from the SFT and reward models and is judged against the SFT model
+    optional: bool = False  # has its own command; `medgpt run` leaves it out, nothing downstream reads it
+    inputs: tuple[str, ...] = ()  # the stages whose outputs it starts from
+    reads: tuple[str, ...] = ()  # the preset fields it reads besides TRAINING_FIELDS (its fingerprint covers them)
+
+
+# Preset fields every training stage reads: how weights are held and trained, which data, which seed.
+TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                   "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
+_ALIGNMENT_READS = ("rl", "preference", "max_length", "max_prompt_length", "max_new_tokens", "reward_base_model")
+
+PIPELINE = (
+    StageInfo("base", "build the tiny tokenizer and model (tiny preset) or name the hub base model", trains=False,
+              reads=("base_model", "tiny")),
+    StageInfo("pt", "continued pretraining on the medical corpus, perplexity before/after", inputs=("base",),
+              reads=("pt", "block_size", "eval_question_stride")),
+    StageInfo("sft", "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)", inputs=("pt",),
+              reads=("sft", "max_length", "max_new_tokens", "eval_question_stride")),
+    StageInfo("rm", "reward model: scalar head + LoRA on the SFT model, pairwise loss", causal_lm=False, inputs=("sft",),
+              reads=("rm", "max_length", "reward_base_model")),
+    StageInfo("ppo", "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores", aligns=True,
+              inputs=("sft", "rm"), reads=("ppo",) + _ALIGNMENT_READS),
+    StageInfo("dpo", "DPO: pairs of the SFT model's own answers ranked by the reward model (or the bundled pairs), "
+                     "reference = adapter off", aligns=True, inputs=("sft", "rm"), reads=("dpo",) + _ALIGNMENT_READS),
+    StageInfo("orpo", "ORPO: SFT loss + odds-ratio preference term on the same pairs as DPO, no reference model", aligns=True,
+              inputs=("sft", "rm"), reads=("orpo",) + _ALIGNMENT_READS),
+    StageInfo("grpo", "GRPO: group-relative advantages from the reward model + an urgent-care rule", aligns=True,
+              inputs=("sft", "rm"), reads=("grpo",) + _ALIGNMENT_READS),
+    StageInfo("vocab", "optional: add medical terms to the vocabulary, resize embeddings, keep training", optional=True,
+              inputs=("pt",), reads=("block_size",)),
+)
+
+
+def stage_names(optional: bool = False, **wanted: bool) -> tuple[str, ...]:
+    """Stage names in pipeline order whose flags match ``wanted`` (e.g. ``aligns=True``); optional
+    stages only when ``optional`` is true."""
+    return tuple(s.name for s in PIPELINE
+                 if (optional or not s.optional) and all(getattr(s, k) == v for k, v in wanted.items()))
+
+
+def info(name: str) -> StageInfo:
+    for stage in PIPELINE:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in PIPELINE)}")
+
+
+def summary(name: str) -> str:
+    return info(name).summary

@@ -1,0 +1,57 @@
+"""Outputs that know how they were made: a changed preset field rebuilds exactly the stages that depend on it."""
+
+import json
+
+from medgpt_utils import fingerprints
+from medgpt_utils.artifacts import METRICS_FILE, stage_dir
+from medgpt_utils.presets import get_preset, override
+from medgpt_utils.stages import sft
+
+# Two optimizer steps per stage and short evaluations: the test is about what gets rebuilt, not the numbers.
+QUICK = {"pt.max_steps": 2, "sft.max_steps": 2, "eval_question_stride": 64, "max_new_tokens": 8}
+
+
+def built_at(preset, stage):
+    return (stage_dir(preset.name, stage) / METRICS_FILE).stat().st_mtime_ns
+
+
+def test_a_changed_field_rebuilds_exactly_the_stages_that_depend_on_it(outputs, capsys):
+    preset = override(get_preset("tiny", verbose=False), QUICK)
+    sft.run(preset)  # builds base and pt first
+    first = {s: built_at(preset, s) for s in ("base", "pt", "sft")}
+    assert all(fingerprints.is_current(preset, s) for s in first)
+    saved = json.loads((stage_dir(preset.name, "sft") / METRICS_FILE).read_text())["made_with"]
+    assert saved["settings"]["sft"]["max_steps"] == 2 and saved["preset_settings"]["seed"] == preset.seed
+
+    later_sft = override(preset, {"sft.learning_rate": 5e-4})
+    assert fingerprints.stale_reason(later_sft, "sft") == "made with other settings (changed: sft)"
+    sft.run(later_sft)
+    second = {s: built_at(preset, s) for s in first}
+    assert second["base"] == first["base"] and second["pt"] == first["pt"] and second["sft"] != first["sft"]
+
+    later_pt = override(later_sft, {"pt.max_steps": 3})
+    assert fingerprints.stale_reason(later_pt, "sft") == "made with other settings (changed: the pt stage)"
+    capsys.readouterr()
+    sft.run(later_pt)
+    assert "[pt] made with other settings (changed: pt): building it first" in capsys.readouterr().out
+    third = {s: built_at(preset, s) for s in first}
+    assert third["base"] == first["base"] and third["pt"] != second["pt"] and third["sft"] != second["sft"]
+    assert fingerprints.is_current(later_pt, "sft") and not fingerprints.is_current(preset, "sft")
+
+
+def test_a_stage_from_before_fingerprints_is_not_current(outputs):
+    preset = get_preset("tiny", verbose=False)
+    folder = stage_dir(preset.name, "pt")
+    folder.mkdir(parents=True)
+    (folder / METRICS_FILE).write_text(json.dumps({"stage": "pt"}))
+    assert fingerprints.stale_reason(preset, "pt") == "built before outputs recorded how they were made"
+    assert fingerprints.stale_reason(preset, "sft") == "not built yet"
+
+
+def test_fingerprints_follow_the_pipeline_inputs():
+    preset = get_preset("tiny", verbose=False)
+    changed = override(preset, {"rm.epochs": 1})
+    same = [s for s in ("base", "pt", "sft") if fingerprints.stage_fingerprint(preset, s) == fingerprints.stage_fingerprint(changed, s)]
+    differ = [s for s in ("rm", "ppo", "dpo", "orpo", "grpo") if fingerprints.stage_fingerprint(preset, s) != fingerprints.stage_fingerprint(changed, s)]
+    assert same == ["base", "pt", "sft"] and differ == ["rm", "ppo", "dpo", "orpo", "grpo"]
+    assert fingerprints.stage_fingerprint(preset, "ppo") == fingerprints.stage_fingerprint(override(preset, {"dpo.epochs": 9}), "ppo")
