@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     web.add_argument("--port", type=int, default=7860)
     web.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
-    presets = sub.add_parser("presets", help="print every preset's settings as JSON", description="Print every preset's settings as JSON.")
+    presets = sub.add_parser("presets", help="print every preset's settings as JSON (--explain: what each field means)",
+                             description="Print every preset's settings as JSON, or with --explain every field's meaning.")
     presets.add_argument("--name", choices=sorted(PRESETS), help="only this preset")
+    presets.add_argument("--explain", action="store_true", help="list every field: its --set path, value and meaning")
     return parser
 
 
@@ -87,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "presets":
         chosen = [args.name] if args.name else list(PRESETS)
+        if args.explain:
+            from .presets import explain
+
+            for name in chosen:
+                print(f"# preset {name}: {PRESETS[name].description}\n{explain(PRESETS[name])}\n")
+            return 0
         print(json.dumps({n: dataclasses.asdict(PRESETS[n]) for n in chosen}, indent=2))
         return 0
     if getattr(args, "gpus", None):

@@ -15,7 +15,7 @@ import json
 
 from .artifacts import METRICS_FILE, stage_dir
 from .pipeline import TRAINING_FIELDS, info
-from .presets import Preset
+from .presets import Preset, field_value
 
 
 def _jsonable(value):
@@ -41,7 +41,7 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     """The preset fields ``stage``'s outputs depend on."""
     stage_info = info(stage)
     fields = stage_info.reads + (TRAINING_FIELDS if stage_info.trains else ("conditions", "seed"))
-    return {name: _jsonable(getattr(preset, name)) for name in fields}
+    return {name: _jsonable(field_value(preset, name)) for name in fields}
 
 
 def stage_fingerprint(preset: Preset, stage: str) -> str:

@@ -1,7 +1,8 @@
-"""Batched generation shared by evaluation, notebooks and chat: left padding, KV cache, EOS stop."""
+"""Generation and sampling, one way for the whole course: evaluation, PPO rollouts, pair sampling and chat."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,45 @@ def chat_prompt_texts(tokenizer, conversations: list[list[dict]]) -> list[str]:
     return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
 
 
+def sampling_settings(temperature: float) -> dict:
+    """How the whole course samples (evaluation, PPO rollouts, pair sampling, chat): greedy at temperature 0,
+    else from the model's own distribution, with no top-k / top-p truncation (``generate`` would otherwise
+    take top_k=50 from the model's generation config, and PPO's ratio needs samples from the policy itself)."""
+    return dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+
+
+@contextmanager
+def seeded(seed: int | None):
+    """Sampling inside draws from torch's global generator, seeded with ``seed`` when one is given; the
+    global state is restored afterwards, so a seeded call never resets a stage's random stream."""
+    if seed is None:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
+def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float = 0.0, **extra):
+    """The one sampling call: ``texts`` left-padded (new tokens follow each prompt directly), the model in
+    eval mode, EOS as the stop token. Returns the tokenized batch and the generated ids after it."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(next(model.parameters()).device)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling_settings(temperature),
+                                **extra)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return batch, output[:, batch["input_ids"].shape[1]:]
+
+
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int = 64, batch_size: int = 32,
              temperature: float = 0.0, seed: int | None = None) -> list[Generated]:
     """Continue each text; greedy when ``temperature`` is 0. Stops at EOS (tokens after it dropped).
@@ -27,30 +66,14 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int = 64, batch
     Sampling draws from torch's global generator, so a stage seeded once samples differently at every
     step; with ``seed`` it draws from a forked generator and leaves the global state as it was.
     """
-    if seed is not None and temperature > 0:
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return generate(model, tokenizer, texts, max_new_tokens, batch_size, temperature)
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"  # new tokens must follow the prompt directly in every row
-    device = next(model.parameters()).device
     results: list[Generated] = []
-    try:
+    with seeded(seed if temperature > 0 else None):
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
-            for row in output[:, batch["input_ids"].shape[1]:].tolist():
+            _, new = generate_tokens(model, tokenizer, texts[start : start + batch_size], max_new_tokens, temperature)
+            for row in new.tolist():
                 ended = tokenizer.eos_token_id in row
                 row = row[: row.index(tokenizer.eos_token_id)] if ended else row
                 results.append(Generated(tokenizer.decode(row, skip_special_tokens=True), len(row), ended))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return results
 
 

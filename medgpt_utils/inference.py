@@ -19,6 +19,7 @@ import torch
 
 from . import models
 from .artifacts import METRICS_FILE, stage_dir, stage_done
+from .generation import generate, generate_tokens, seeded
 from .pipeline import stage_names
 
 log = logging.getLogger(__name__)
@@ -101,19 +102,13 @@ def stream_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 1
 
     messages, _ = fit_to_context(tokenizer, messages, context_length(model) - max_new_tokens)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=0.9) if temperature > 0 else dict(do_sample=False)
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id, **sampling)
     errors: list[BaseException] = []
 
     def work():
         try:
-            with torch.no_grad():
-                model.generate(**kwargs)
+            with seeded(seed if temperature > 0 else None):
+                generate_tokens(model, tokenizer, [text], max_new_tokens, temperature, streamer=streamer)
         except BaseException as err:  # surfaced in the caller's thread below
             errors.append(err)
             streamer.end()
@@ -197,8 +192,6 @@ def predict_file(model, tokenizer, data_file: str | Path, predictions_file: str 
                  max_new_tokens: int = 128, temperature: float = 0.0, batch_size: int = 16) -> int:
     """Answer every question in ``data_file`` and write one JSON line per question, in order:
     ``{"line", "question", "answer", "ended_with_eos", "shortened"}``. Returns the count."""
-    from .generation import generate
-
     questions = read_questions(data_file)
     budget = context_length(model) - max_new_tokens
     prompts, shortened = [], []

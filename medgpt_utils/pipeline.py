@@ -22,7 +22,9 @@ class StageInfo:
 # Preset fields every training stage reads: how weights are held and trained, which data, which seed.
 TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                    "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
-_ALIGNMENT_READS = ("rl", "preference", "max_length", "max_prompt_length", "max_new_tokens", "reward_base_model")
+# What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
+_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "max_new_tokens")
+_PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length")
 
 PIPELINE = (
     StageInfo("base", "build the tiny tokenizer and model (tiny preset) or name the hub base model", trains=False,
@@ -34,13 +36,13 @@ PIPELINE = (
     StageInfo("rm", "reward model: scalar head + LoRA on the SFT model, pairwise loss", causal_lm=False, inputs=("sft",),
               reads=("rm", "max_length", "reward_base_model")),
     StageInfo("ppo", "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores", aligns=True,
-              inputs=("sft", "rm"), reads=("ppo",) + _ALIGNMENT_READS),
+              inputs=("sft", "rm"), reads=("ppo", "rl", "max_new_tokens")),
     StageInfo("dpo", "DPO: pairs of the SFT model's own answers ranked by the reward model (or the bundled pairs), "
-                     "reference = adapter off", aligns=True, inputs=("sft", "rm"), reads=("dpo",) + _ALIGNMENT_READS),
+                     "reference = adapter off", aligns=True, inputs=("sft", "rm"), reads=("dpo",) + _PREFERENCE_READS),
     StageInfo("orpo", "ORPO: SFT loss + odds-ratio preference term on the same pairs as DPO, no reference model", aligns=True,
-              inputs=("sft", "rm"), reads=("orpo",) + _ALIGNMENT_READS),
+              inputs=("sft", "rm"), reads=("orpo",) + _PREFERENCE_READS),
     StageInfo("grpo", "GRPO: group-relative advantages from the reward model + an urgent-care rule", aligns=True,
-              inputs=("sft", "rm"), reads=("grpo",) + _ALIGNMENT_READS),
+              inputs=("sft", "rm"), reads=("grpo",) + _PREFERENCE_READS),
     StageInfo("vocab", "optional: add medical terms to the vocabulary, resize embeddings, keep training", optional=True,
               inputs=("pt",), reads=("block_size",)),
 )

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generation import generate_tokens
+
 
 @dataclass
 class PPOConfig:
@@ -102,27 +104,10 @@ def response_mask(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return (eos_before == 0).long()
 
 
-@torch.no_grad()
 def rollout(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, temperature: float = 1.0) -> Rollout:
-    """Sample one answer per prompt from the policy with the KV cache, stopping at EOS.
-
-    ``top_k=0, top_p=1.0`` on purpose: ``generate`` would otherwise take top_k=50 from the
-    model's generation config, and PPO's ratio needs samples from the policy itself.
-    """
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"  # answers must follow their prompt directly in every row
-    try:
-        batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(next(model.parameters()).device)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                top_k=0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, use_cache=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    query_len = batch["input_ids"].shape[1]
-    response = output[:, query_len:]
+    """Sample one answer per prompt from the policy (``generation.generate_tokens``: KV cache, EOS stop,
+    no top-k / top-p truncation, since PPO's ratio needs samples from the policy itself)."""
+    batch, response = generate_tokens(model, tokenizer, prompt_texts, max_new_tokens, temperature)
     mask = response_mask(response, tokenizer.eos_token_id)
     response = response.masked_fill(mask == 0, tokenizer.pad_token_id)
     ended = ((response == tokenizer.eos_token_id) & (mask == 1)).any(dim=1)

@@ -16,56 +16,73 @@ PRESET_ENV = "MEDGPT_PRESET"
 GPU_24GB_MIN_MEMORY_GIB = 20
 
 
+def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
+    """A preset field with its meaning (``medgpt presets --explain`` prints it), as TRL's configs do."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainKnobs:
     """How long and how hard one stage trains."""
 
-    learning_rate: float
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    warmup_ratio: float = 0.05
-    logging_steps: int = 10
+    learning_rate: float = knob(help="peak learning rate")
+    batch_size: int = knob(8, "examples (PPO: prompts) per device per optimizer step")
+    gradient_accumulation_steps: int = knob(1, "batches summed before one optimizer step")
+    epochs: float = knob(1.0, "passes over the training data")
+    max_steps: int = knob(-1, "optimizer steps; > 0 overrides epochs (PPO needs it: there are no epochs)")
+    warmup_ratio: float = knob(0.05, "share of the steps spent warming the learning rate up")
+    logging_steps: int = knob(10, "steps between two logged losses")
+    lr_scheduler_type: str = knob("cosine", "learning-rate schedule after warm-up (transformers' names: cosine, linear, constant)")
 
 
 @dataclass(frozen=True)
 class RLKnobs:
-    """Knobs of the on-policy RL stage (PPO) beyond learning rate, batch and steps.
+    """The PPO loop's knobs beyond learning rate, batch and steps, and how every alignment stage is judged.
 
-    ``TrainKnobs`` of the ``ppo`` stage give the learning rate, the prompts per step
-    (``batch_size``) and the number of PPO steps (``max_steps``).
+    ``TrainKnobs`` of the ``ppo`` stage give the learning rate, the prompts per step (``batch_size``) and
+    the number of PPO steps (``max_steps``). DPO, ORPO and GRPO read ``heldout_prompt_stride`` (the judge's
+    prompts) and ``missing_eos_penalty`` (scoring sampled answers) from here too.
     """
 
-    kl_coef: float = 0.1  # beta: per-token KL penalty to the SFT (reference) policy
-    kl_bound: float = 10.0  # nats per answer the check cell allows the policy to drift
-    ppo_epochs: int = 4  # passes over each batch of sampled answers
-    minibatch_size: int = 8
-    temperature: float = 1.0  # sample from the policy itself
-    adaptive_kl: bool = False  # steer beta towards target_kl instead of keeping it fixed
-    target_kl: float = 4.0
-    missing_eos_penalty: float | None = 1.0  # score penalty for answers that never end
-    heldout_prompt_stride: int = 3  # judge on every Nth held-out prompt (3: 112 of 336, half red-flag cases)
+    kl_coef: float = knob(0.1, "beta: per-token KL penalty to the SFT (reference) policy")
+    ppo_epochs: int = knob(4, "passes over each batch of sampled answers")
+    minibatch_size: int = knob(8, "answers per gradient step inside a PPO epoch")
+    temperature: float = knob(1.0, "sampling temperature of rollouts (1.0: the policy itself, no truncation)")
+    adaptive_kl: bool = knob(False, "steer beta towards target_kl instead of keeping it fixed")
+    target_kl: float = knob(4.0, "nats per answer the adaptive KL controller aims for")
+    missing_eos_penalty: float | None = knob(1.0, "score penalty for answers that never end (PPO rollouts, sampled pairs, judging)")
+    heldout_prompt_stride: int = knob(3, "every alignment stage is judged on every Nth held-out prompt (3: 112 of 336)")
+    kl_horizon: int = knob(10_000, "answers over which the adaptive KL controller corrects the KL error")
+    gamma: float = knob(1.0, "discount; 1.0: every token of an answer counts equally")
+    lam: float = knob(0.95, "GAE lambda: bias (0) against variance (1) of the advantage estimate")
+    cliprange: float = knob(0.2, "epsilon of the clipped surrogate")
+    cliprange_value: float = knob(0.2, "how far a value prediction may move per update")
+    vf_coef: float = knob(0.1, "weight of the value loss against the policy loss")
+    score_clip: float | None = knob(None, "clip reward-model scores to [-c, c] (None: no clipping)")
+    max_grad_norm: float = knob(1.0, "gradient-norm clip of each PPO optimizer step")
+    save_every: int = knob(10, "PPO steps between two resumable checkpoints")
 
 
 @dataclass(frozen=True)
 class PreferenceKnobs:
     """Method-specific knobs of DPO, ORPO and GRPO (learning rate, batch and steps are in their TrainKnobs)."""
 
-    dpo_beta: float = 0.1  # DPO: strength of the implicit KL leash to the reference (SFT) model
-    dpo_sft_weight: float = 1.0  # DPO: weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0: pure DPO
+    dpo_beta: float = knob(0.1, "DPO: strength of the implicit KL leash to the reference (SFT) model")
+    dpo_sft_weight: float = knob(1.0, "DPO: weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0: pure DPO")
     # Where DPO and ORPO get their pairs (stages/pairs.py): "sampled" = the SFT model's own answers
     # ranked by the reward model (greedy vs best sample); "bundled" = the written preference data.
-    pair_source: str = "sampled"
-    pair_samples_per_prompt: int = 3  # sampled pairs: sampled answers per prompt besides the greedy one
-    pair_prompts: int = 0  # sampled pairs: how many RL training prompts, spread over all of them (0: all 504)
-    pair_sample_temperature: float = 0.7  # below 1 keeps samples close to the greedy answers judged later
-    orpo_beta: float = 0.1  # ORPO: weight (lambda) of the odds-ratio term next to the SFT loss
-    grpo_num_generations: int = 4  # GRPO: answers sampled per prompt; each is judged against its group
-    grpo_beta: float = 0.04  # GRPO: KL penalty to the reference (0 drops the reference entirely)
-    grpo_num_iterations: int = 1  # GRPO: updates per batch of sampled answers (PPO's epochs)
-    grpo_temperature: float = 1.0  # GRPO: sampling temperature (below 1: answers closer to the greedy ones judged)
-    urgent_care_reward: float = 1.0  # GRPO rule reward weight: red-flag prompts must advise urgent care (0: off)
+    pair_source: str = knob("sampled", "DPO/ORPO pairs: 'sampled' (the SFT model's answers ranked by the reward model) or 'bundled' (the written pairs)")
+    pair_samples_per_prompt: int = knob(3, "sampled pairs: sampled answers per prompt besides the greedy one")
+    pair_prompts: int = knob(0, "sampled pairs: how many RL training prompts, spread over all of them (0: all)")
+    pair_sample_temperature: float = knob(0.7, "sampled pairs: temperature (below 1 keeps samples close to the greedy answers judged later)")
+    orpo_beta: float = knob(0.1, "ORPO: weight (lambda) of the odds-ratio term next to the SFT loss")
+    grpo_num_generations: int = knob(4, "GRPO: answers sampled per prompt; each is judged against its group")
+    grpo_beta: float = knob(0.04, "GRPO: KL penalty to the reference (0 drops the reference entirely)")
+    grpo_num_iterations: int = knob(1, "GRPO: updates per batch of sampled answers (PPO's epochs)")
+    grpo_temperature: float = knob(1.0, "GRPO: sampling temperature (below 1: answers closer to the greedy ones judged)")
+    urgent_care_reward: float = knob(1.0, "GRPO rule reward weight: red-flag prompts must advise urgent care (0: off)")
 
 
 # The knowledge-base conditions the tiny preset trains and evaluates on. A model of about 4M parameters
@@ -80,19 +97,28 @@ TINY_CONDITIONS = (
 
 
 @dataclass(frozen=True)
+class VocabKnobs:
+    """The optional vocabulary stage (notebook 01b): which medical terms become tokens, and how long it trains."""
+
+    min_pieces: int = knob(3, "add a term the tokenizer cuts into at least this many tokens")
+    max_added_tokens: int = knob(1000, "add at most this many terms, most-split first")
+    train_steps: int = knob(40, "PT steps that train the new rows after resizing")
+
+
+@dataclass(frozen=True)
 class TinyArchitecture:
     """Shape of the LLaMA-architecture model the ``tiny`` preset builds from scratch."""
 
-    vocab_size: int = 8000  # an upper bound: BPE stops when no pair is left to merge (3,234 on the tiny corpus)
+    vocab_size: int = knob(8000, "upper bound of the BPE vocabulary (it stops when no pair is left: 3,234 on the tiny corpus)")
     # One token per Chinese character (no merges across characters): see models.build_tiny_tokenizer.
-    chinese_characters: bool = False
-    hidden_size: int = 256
+    chinese_characters: bool = knob(False, "one token per Chinese character, no merges across characters")
+    hidden_size: int = knob(256, "width of the residual stream")
     # Every dimension a multiple of 64: bitsandbytes' CPU 4-bit kernels (AVX-512-BF16) need N % 32 == 0.
-    intermediate_size: int = 704
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 1024
+    intermediate_size: int = knob(704, "width of the MLP (a multiple of 64: bitsandbytes' CPU 4-bit kernels need N % 32 == 0)")
+    num_hidden_layers: int = knob(4, "transformer blocks")
+    num_attention_heads: int = knob(4, "query heads")
+    num_key_value_heads: int = knob(2, "key/value heads (grouped-query attention)")
+    max_position_embeddings: int = knob(1024, "longest sequence the RoPE positions cover")
 
 
 @dataclass(frozen=True)
@@ -104,44 +130,45 @@ class Preset:
     when a user chooses such a preset.
     """
 
-    name: str
-    description: str
-    device: str  # "cpu" or "cuda"
-    base_model: str | None  # hub id (GPU presets) or None (build tiny locally)
-    reward_base_model: str | None  # model the reward model starts from; None = the SFT model
-    tiny: TinyArchitecture | None
+    name: str = knob(help="the preset's name and its folder under outputs/")
+    description: str = knob(help="one line for people")
+    device: str = knob(help="'cpu' or 'cuda'")
+    base_model: str | None = knob(help="hub id of the base model (GPU presets) or None (the tiny model is built locally)")
+    reward_base_model: str | None = knob(help="model the reward model starts from; None = the SFT model")
+    tiny: TinyArchitecture | None = knob(help="shape of the locally built tiny model (None for GPU presets)")
     # Precision. CPU presets are fp32: bf16 on a CPU without native support was 10-16x slower.
-    compute_dtype: str  # "float32" | "float16" | "bfloat16"
-    quantization: str | None  # None | "4bit" | "8bit" (bitsandbytes; NF4 + double quant for 4bit)
+    compute_dtype: str = knob(help="'float32' | 'float16' | 'bfloat16' (CPU presets: float32; bf16 on a CPU was 10-16x slower)")
+    quantization: str | None = knob(help="None | '4bit' | '8bit' (bitsandbytes; NF4 + double quant for 4bit)")
     # LoRA
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    lora_r: int = knob(help="LoRA rank")
+    lora_alpha: int = knob(help="LoRA scaling numerator (update scale = alpha / r)")
+    lora_dropout: float = knob(help="dropout on the LoRA input")
+    lora_target_modules: str | tuple[str, ...] = knob("all-linear", "layers that get an adapter ('all-linear' or names)")
     # Stages that train every weight instead of a LoRA adapter. The tiny model is too small and too
     # fresh for a low-rank update to learn the facts; GPU presets use LoRA/QLoRA everywhere.
-    full_parameter_stages: tuple[str, ...] = ()
+    full_parameter_stages: tuple[str, ...] = knob((), "stages that train every weight instead of a LoRA adapter")
     # Bundled data: the knowledge-base condition ids this preset trains and evaluates on (empty: all).
-    conditions: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = knob((), "knowledge-base condition ids trained and evaluated on (empty: all 84)")
     # Lengths
-    block_size: int = 512  # continued-pretraining block
-    max_length: int = 512  # SFT / RM / DPO sequence length
-    max_prompt_length: int = 256
-    max_new_tokens: int = 128
+    block_size: int = knob(512, "continued-pretraining block length in tokens")
+    max_length: int = knob(512, "SFT / RM / DPO / ORPO sequence length in tokens")
+    max_prompt_length: int = knob(256, "longest prompt the preference stages keep, in tokens")
+    max_new_tokens: int = knob(128, "longest generated answer (evaluation, rollouts, sampled pairs, chat)")
     # Stages
-    pt: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=2e-4))
-    sft: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=2e-4))
-    rm: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-4))
-    dpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=5e-5))
-    orpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=5e-5))
-    grpo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
-    ppo: TrainKnobs = field(default_factory=lambda: TrainKnobs(learning_rate=1e-5))
-    rl: RLKnobs = field(default_factory=RLKnobs)
-    preference: PreferenceKnobs = field(default_factory=PreferenceKnobs)
-    eval_question_stride: int = 5  # evaluate every Nth held-out question (5: 235 of 1,176)
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False  # off unless the user asks for it
-    seed: int = 42
+    pt: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=2e-4), help="continued pretraining: learning rate, batch, epochs/steps")
+    sft: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=2e-4), help="supervised fine-tuning: learning rate, batch, epochs/steps")
+    rm: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=1e-4), help="reward model: learning rate, batch, epochs/steps")
+    dpo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=5e-5), help="DPO: learning rate, batch, epochs/steps")
+    orpo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=5e-5), help="ORPO: learning rate, batch, epochs/steps")
+    grpo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=1e-5), help="GRPO: learning rate, batch, epochs/steps")
+    ppo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=1e-5), help="PPO: learning rate, prompts per step (batch_size), steps (max_steps)")
+    rl: RLKnobs = knob(factory=RLKnobs, help="the PPO loop's knobs, and how every alignment stage is judged")
+    preference: PreferenceKnobs = knob(factory=PreferenceKnobs, help="DPO, ORPO and GRPO knobs beyond learning rate, batch and steps")
+    vocab: VocabKnobs = knob(factory=VocabKnobs, help="the optional vocabulary stage: which terms to add and how long to train")
+    eval_question_stride: int = knob(5, "evaluate every Nth held-out question")
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (less memory, more time)")
+    trust_remote_code: bool = knob(False, "run model code from the hub (off unless asked)")
+    seed: int = knob(42, "seed of every stage (weights, data order, sampling)")
 
     @property
     def bf16(self) -> bool:
@@ -204,7 +231,7 @@ PRESETS: dict[str, Preset] = {
         grpo=TrainKnobs(learning_rate=5e-4, batch_size=16, max_steps=16),
         # 32 prompts per step: fewer made the score too noisy to learn from (measured: no gain with 16)
         ppo=TrainKnobs(learning_rate=1e-3, batch_size=32, max_steps=24),
-        rl=RLKnobs(kl_coef=0.1, kl_bound=10.0, ppo_epochs=2, minibatch_size=16),
+        rl=RLKnobs(kl_coef=0.1, ppo_epochs=2, minibatch_size=16),
         preference=PreferenceKnobs(pair_sample_temperature=1.0, pair_samples_per_prompt=5),
     ),
     "colab-t4": Preset(
@@ -230,7 +257,7 @@ PRESETS: dict[str, Preset] = {
         orpo=TrainKnobs(learning_rate=8e-6, batch_size=2, gradient_accumulation_steps=8, epochs=1),
         grpo=TrainKnobs(learning_rate=1e-6, batch_size=4, gradient_accumulation_steps=2, max_steps=100),
         ppo=TrainKnobs(learning_rate=2e-5, batch_size=32, gradient_accumulation_steps=2, max_steps=100),
-        rl=RLKnobs(kl_coef=0.05, kl_bound=10.0, ppo_epochs=2, minibatch_size=8),  # not yet measured on a T4
+        rl=RLKnobs(kl_coef=0.05, ppo_epochs=2, minibatch_size=8),  # not yet measured on a T4
         gradient_checkpointing=True,
     ),
     "gpu-24gb": Preset(
@@ -256,7 +283,7 @@ PRESETS: dict[str, Preset] = {
         orpo=TrainKnobs(learning_rate=8e-6, batch_size=1, gradient_accumulation_steps=16, epochs=1),
         grpo=TrainKnobs(learning_rate=1e-6, batch_size=4, gradient_accumulation_steps=4, max_steps=100),
         ppo=TrainKnobs(learning_rate=2e-5, batch_size=16, gradient_accumulation_steps=4, max_steps=100),
-        rl=RLKnobs(kl_coef=0.05, kl_bound=10.0, ppo_epochs=2, minibatch_size=4),  # not yet measured on a GPU
+        rl=RLKnobs(kl_coef=0.05, ppo_epochs=2, minibatch_size=4),  # not yet measured on a GPU
         gradient_checkpointing=True,
     ),
 }
@@ -317,16 +344,20 @@ def _replace_path(obj: Any, parts: list[str], value: Any, full_path: str) -> Any
             raise ValueError(f"preset field {full_path!r}: {head!r} has no sub-fields")
         new = _replace_path(current, parts[1:], value, full_path)
     else:
-        new = _coerce(value, current, full_path)
+        new = _coerce(value, current, full_path, str(names[head].type))
     return dataclasses.replace(obj, **{head: new})
 
 
-def _coerce(value: Any, current: Any, full_path: str) -> Any:
-    """Turn a command-line string into the type the field already holds."""
+def _coerce(value: Any, current: Any, full_path: str, annotation: str = "") -> Any:
+    """Turn a command-line string into the type the field holds (or declares, when it holds None)."""
     if not isinstance(value, str):
         return value
-    if current is None or isinstance(current, str):
-        return None if value.lower() == "none" else value
+    if value.lower() == "none" and (current is None or "None" in annotation):
+        return None
+    if current is None:  # e.g. rl.score_clip: float | None
+        current = next((kind() for name, kind in (("bool", bool), ("int", int), ("float", float)) if name in annotation), "")
+    if isinstance(current, str):
+        return value
     try:
         if isinstance(current, bool):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -339,6 +370,27 @@ def _coerce(value: Any, current: Any, full_path: str) -> Any:
     except ValueError:
         raise ValueError(f"preset field {full_path!r} wants a {type(current).__name__}, got {value!r}") from None
     return value
+
+
+def field_value(preset: Preset, path: str) -> Any:
+    """The value at a dotted field path, e.g. ``field_value(preset, "rl.kl_coef")``."""
+    holder = preset
+    for part in path.split("."):
+        holder = getattr(holder, part)
+    return holder
+
+
+def explain(obj: Any, prefix: str = "") -> str:
+    """One line per field, in ``--set`` form: ``path = value  # meaning`` (groups expanded)."""
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}.*  # {f.metadata.get('help', '')}")
+            lines.append(explain(value, f"{prefix}{f.name}."))
+        else:
+            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

@@ -29,7 +29,7 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         max_steps=knobs.max_steps,
         learning_rate=knobs.learning_rate,
         warmup_steps=knobs.warmup_ratio,  # a value below 1 is a fraction of all steps
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=knobs.lr_scheduler_type,
         logging_steps=knobs.logging_steps,
         logging_first_step=True,
         bf16=preset.bf16,

@@ -65,9 +65,14 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys):
     assert [row["stage"] for row in evaluation["rows"]] == ["base", "pt", "sft", "ppo", "dpo", "orpo", "grpo"]
     assert "## Evaluation across stages" in report.read_text() and "| sft |" in report.read_text()
     assert json.loads((outputs / "tiny" / "dpo" / "metrics.json").read_text())["sampled_pairs"]["prompts"] == 8
-    # a second run skips finished stages
-    assert cli.main(["run", "--preset", "tiny"]) == 0
-    assert "[pt] already done" in capsys.readouterr().out
+    # a second run with the same settings skips finished stages; with another PPO setting it rebuilds PPO only
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{stage}] already done with these settings" in out for stage in STAGES), out
+    assert cli.main(args + ["--set", "rl.kl_coef=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "[ppo] running (made with other settings (changed: rl))" in out
+    assert all(f"[{stage}] already done with these settings" in out for stage in STAGES if stage != "ppo"), out
 
 
 def test_multi_gpu_configs_are_valid():

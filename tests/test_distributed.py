@@ -13,8 +13,9 @@ import sys
 import pytest
 
 STEPS = 12
+# The same settings in every call: a stage's inputs are reused only when they were made with these settings.
 COMMON = ["--set", "pt.max_steps=4", "--set", "eval_question_stride=300", "--set", "max_new_tokens=8",
-          "--set", "sft.logging_steps=1", "--set", "rm.logging_steps=1"]
+          "--set", "sft.logging_steps=1", "--set", "rm.logging_steps=1", "--set", "sft.max_steps=2"]
 
 
 def _free_port() -> int:
@@ -41,7 +42,7 @@ def _metrics(outputs, stage):
 def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device):
     outputs = tmp_path / "outputs"
     # inputs once, in one process (sft needs pt; rm needs sft)
-    _medgpt(["sft" if stage == "rm" else "pt", "--preset", "tiny", *COMMON, "--set", "sft.max_steps=2"], outputs)
+    _medgpt(["sft" if stage == "rm" else "pt", "--preset", "tiny", *COMMON], outputs)
     knobs = ["--set", f"{stage}.max_steps={STEPS}", "--set", f"{stage}.warmup_ratio=0"]
     _medgpt([stage, "--preset", "tiny", *COMMON, *knobs, "--set", f"{stage}.batch_size={2 * per_device}"], outputs)
     single = _metrics(outputs, stage)

@@ -105,3 +105,54 @@ def test_alignment_stage_configs_stay_fp32_on_cpu_and_carry_the_preset_knobs():
     assert config.num_generations == tiny.preference.grpo_num_generations
     assert config.top_k == 0 and config.top_p == 1.0  # samples from the policy itself
     assert config.reward_weights == [1.0, tiny.preference.urgent_care_reward]
+
+
+def _all_fields(obj, prefix=""):
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        yield f"{prefix}{f.name}", f
+        if dataclasses.is_dataclass(value):
+            yield from _all_fields(value, f"{prefix}{f.name}.")
+
+
+def test_every_preset_field_says_what_it_means_and_presets_explain_prints_it(capsys):
+    import dataclasses
+
+    from medgpt_utils.cli import main
+
+    missing = [path for path, f in _all_fields(PRESETS["tiny"]) if not f.metadata.get("help")]
+    assert not missing, missing
+    assert main(["presets", "--name", "tiny", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for path, f in _all_fields(PRESETS["tiny"]):
+        shown = f"{path}.*" if dataclasses.is_dataclass(getattr(PRESETS["tiny"], path.split(".")[0])) and "." not in path else f"{path} = "
+        assert shown in out and f.metadata["help"] in out, path
+
+
+def test_ppo_loop_takes_every_field_from_the_preset():
+    """No second source of PPO settings: each loop field comes from a preset field that --set reaches."""
+    import dataclasses
+
+    from medgpt_utils import ppo
+    from medgpt_utils.presets import override
+    from medgpt_utils.stages import ppo as ppo_stage
+
+    assert set(ppo_stage.PPO_FIELDS_FROM_PRESET) == {f.name for f in dataclasses.fields(ppo.PPOConfig)}
+    changed = override(PRESETS["tiny"], {"rl.cliprange": "0.3", "rl.vf_coef": "0.5", "rl.lam": "0.9", "rl.score_clip": "5",
+                                         "ppo.batch_size": "12", "rl.missing_eos_penalty": "none"})
+    config = ppo_stage.ppo_config(changed)
+    assert (config.cliprange, config.vf_coef, config.lam, config.score_clip, config.prompts_per_step) == (0.3, 0.5, 0.9, 5.0, 12)
+    assert config.missing_eos_penalty is None
+
+
+def test_stages_take_no_knob_outside_the_preset():
+    """A notebook varies a knob through override(), not through a stage's own keyword."""
+    import inspect
+
+    from medgpt_utils.stages import ALL_STAGES
+
+    extra = {name: [p for p in inspect.signature(module.run).parameters if p != "preset"]
+             for name, (module, _) in ALL_STAGES.items()}
+    assert extra == {name: (["name", "resume"] if name == "ppo" else []) for name in ALL_STAGES}, extra

@@ -106,10 +106,10 @@ def test_vocabulary_stage_on_a_4bit_base_trains_the_new_rows(tiny_base, outputs)
 
     from medgpt_utils.fingerprints import stage_record
 
-    preset = override(TINY, {"quantization": "4bit"})
+    preset = override(TINY, {"quantization": "4bit", "vocab.max_added_tokens": 20, "vocab.train_steps": 2})
     shutil.copytree(tiny_base, outputs / "tiny" / "pt")  # stand-in for the PT stage's model, recorded as this preset's
     (outputs / "tiny" / "pt" / "metrics.json").write_text(json.dumps({"stage": "pt", "made_with": stage_record(preset, "pt")}))
-    out = vocab.run(preset, max_new_tokens=20, train_steps=2)
+    out = vocab.run(preset)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["added_tokens"] == 20 and metrics["vocab_after"] == metrics["vocab_before"] + 20
     assert metrics["tokens_per_char_all_after"] < metrics["tokens_per_char_all_before"]

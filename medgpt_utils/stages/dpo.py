@@ -15,7 +15,6 @@ from pathlib import Path
 from ..presets import Preset
 from ..training import trainer_arguments
 from . import pairs
-from .alignment import train_and_judge
 
 STAGE = "dpo"
 
@@ -31,15 +30,9 @@ def dpo_config(preset: Preset, output_dir):
                              max_length=preset.max_length, **losses)
 
 
-def run(preset: Preset, pair_source: str | None = None) -> Path:
-    """The DPO stage; ``pair_source`` ("sampled" or "bundled") overrides ``preference.pair_source``."""
+def run(preset: Preset) -> Path:
+    """The DPO stage; its pairs come from ``preference.pair_source`` ("sampled" or "bundled")."""
     from trl import DPOTrainer
 
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
-        train_pairs = pairs.load_pairs(preset, pair_source or preset.preference.pair_source, policy, tokenizer,
-                                       reward_model, reward_tokenizer, metrics)
-        # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off
-        return DPOTrainer(model=policy, ref_model=None, args=dpo_config(preset, workdir), train_dataset=train_pairs,
-                          processing_class=tokenizer)
-
-    return train_and_judge(preset, STAGE, build)
+    # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off
+    return pairs.train_on_pairs(preset, STAGE, DPOTrainer, dpo_config, ref_model=None)

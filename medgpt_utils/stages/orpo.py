@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..presets import Preset
 from ..training import trainer_arguments
-from .alignment import train_and_judge
 from . import pairs
 
 STAGE = "orpo"
@@ -26,14 +25,8 @@ def orpo_config(preset: Preset, output_dir):
                              max_length=preset.max_length)
 
 
-def run(preset: Preset, pair_source: str | None = None) -> Path:
-    """The ORPO stage; ``pair_source`` ("sampled" or "bundled") overrides ``preference.pair_source``."""
+def run(preset: Preset) -> Path:
+    """The ORPO stage; its pairs come from ``preference.pair_source`` ("sampled" or "bundled")."""
     from trl.experimental.orpo import ORPOTrainer
 
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
-        train_pairs = pairs.load_pairs(preset, pair_source or preset.preference.pair_source, policy, tokenizer,
-                                       reward_model, reward_tokenizer, metrics)
-        return ORPOTrainer(model=policy, args=orpo_config(preset, workdir), train_dataset=train_pairs,
-                           processing_class=tokenizer)
-
-    return train_and_judge(preset, STAGE, build)
+    return pairs.train_on_pairs(preset, STAGE, ORPOTrainer, orpo_config)

@@ -25,6 +25,7 @@ from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from ..training import bundled, is_main_process, timed
 from . import reward, sft
+from .alignment import train_and_judge
 
 SOURCES = ("sampled", "bundled")
 CACHE = "sampled_pairs"
@@ -143,6 +144,17 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
     if is_main_process():
         write_cache(folder, list(pairs), key, summary)
     return pairs
+
+
+def train_on_pairs(preset: Preset, stage: str, trainer_class, config_for, **trainer_kwargs) -> Path:
+    """The recipe DPO and ORPO share: pairs from ``preference.pair_source``, then ``trainer_class`` on them,
+    judged against the SFT model (``alignment.train_and_judge``)."""
+    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
+        train_pairs = load_pairs(preset, preset.preference.pair_source, policy, tokenizer, reward_model, reward_tokenizer, metrics)
+        return trainer_class(model=policy, args=config_for(preset, workdir), train_dataset=train_pairs,
+                             processing_class=tokenizer, **trainer_kwargs)
+
+    return train_and_judge(preset, stage, build)
 
 
 def write_cache(folder: Path, rows: list[dict], key: dict, summary: dict) -> None:

@@ -21,23 +21,27 @@ from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference
-from ..presets import Preset
+from ..presets import Preset, field_value
 from ..training import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
 from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer
 
 STAGE = "ppo"
 
 
-def ppo_config(preset: Preset, **changes) -> ppo.PPOConfig:
-    """The loop's knobs from the preset (``changes`` override single fields, e.g. ``kl_coef``)."""
-    rl, knobs = preset.rl, preset.ppo
-    config = ppo.PPOConfig(
-        prompts_per_step=knobs.batch_size, minibatch_size=rl.minibatch_size,
-        gradient_accumulation_steps=knobs.gradient_accumulation_steps, ppo_epochs=rl.ppo_epochs,
-        learning_rate=knobs.learning_rate, max_new_tokens=preset.max_new_tokens, temperature=rl.temperature,
-        kl_coef=rl.kl_coef, adaptive_kl=rl.adaptive_kl, target_kl=rl.target_kl,
-        missing_eos_penalty=rl.missing_eos_penalty, seed=preset.seed)
-    return dataclasses.replace(config, **changes)
+# The library's loop knows no preset; every one of its fields comes from one (tests/test_presets.py checks
+# that none is left to the loop's own default), so `--set` and `override` reach all of them.
+PPO_FIELDS_FROM_PRESET = {
+    "prompts_per_step": "ppo.batch_size", "gradient_accumulation_steps": "ppo.gradient_accumulation_steps",
+    "learning_rate": "ppo.learning_rate", "max_new_tokens": "max_new_tokens", "seed": "seed",
+    **{name: f"rl.{name}" for name in ("minibatch_size", "ppo_epochs", "max_grad_norm", "temperature", "kl_coef",
+                                       "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "cliprange",
+                                       "cliprange_value", "vf_coef", "missing_eos_penalty", "score_clip")},
+}
+
+
+def ppo_config(preset: Preset) -> ppo.PPOConfig:
+    """The loop's knobs, every one from the preset."""
+    return ppo.PPOConfig(**{name: field_value(preset, path) for name, path in PPO_FIELDS_FROM_PRESET.items()})
 
 
 def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
@@ -45,7 +49,7 @@ def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
 
 
 def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int, checkpoint: Path | None = None,
-          save_every: int = 10, progress: bool = True) -> list[dict]:
+          progress: bool = True) -> list[dict]:
     """Run PPO steps on shuffled training prompts; resumes from ``checkpoint`` if one is there."""
     from tqdm.auto import tqdm
 
@@ -57,15 +61,15 @@ def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int
     for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):
         rng = random.Random(preset.seed * 100_003 + step)  # the same prompts for a step, resumed or not
         history.append(loop.step(rng.sample(prompt_texts, prompts_per_step)))
-        if checkpoint is not None and (step + 1) % save_every == 0 and is_main_process():
+        if checkpoint is not None and (step + 1) % preset.rl.save_every == 0 and is_main_process():
             loop.save_checkpoint(checkpoint)
     return history
 
 
-def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, name: str = STAGE,
-        resume: bool = True) -> Path:
-    """The PPO stage: saves to ``outputs/<preset>/<name>/`` (``name`` lets a lesson keep a variant)."""
-    steps = steps if steps is not None else preset.ppo.max_steps
+def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
+    """The PPO stage: saves to ``outputs/<preset>/<name>/`` (``name`` keeps a lesson's variant, made with
+    ``override(preset, …)``, beside the main run)."""
+    steps = preset.ppo.max_steps
     if steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
         raise ValueError(f"PPO needs ppo.max_steps > 0 (got {steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
@@ -73,7 +77,7 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
     policy = models.load_lora_model(preset, sft_path)
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
-    config = ppo_config(preset, **({} if kl_coef is None else {"kl_coef": kl_coef}))
+    config = ppo_config(preset)
 
     train_rows = bundled(preset, "prompts/train.jsonl")
     messages_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows["prompt"]))
@@ -98,7 +102,7 @@ def run(preset: Preset, kl_coef: float | None = None, steps: int | None = None, 
 
     metrics.update(
         comparison(before, after),
-        kl_to_reference=kl, kl_bound=preset.rl.kl_bound,
+        kl_to_reference=kl,
         time_split={k: sum(h[k] for h in history) for k in ("time_generate", "time_score", "time_update")},
         history=[{k: v for k, v in h.items() if k != "sample_answer"} for h in history],
         sample_answers=[h["sample_answer"] for h in history[-3:]],

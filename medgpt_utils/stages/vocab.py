@@ -63,7 +63,7 @@ def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
     return new_ids
 
 
-def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_steps: int = 40) -> Path:
+def run(preset: Preset) -> Path:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -78,7 +78,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     all_heldout = heldout["en"] + heldout["zh"]
     metrics["tokens_per_char_all_before"] = tokens_per_char(tokenizer, all_heldout)
 
-    candidates = split_terms(tokenizer, knowledge_base_terms(preset.conditions), min_pieces)[:max_new_tokens]
+    candidates = split_terms(tokenizer, knowledge_base_terms(preset.conditions), preset.vocab.min_pieces)[: preset.vocab.max_added_tokens]
     new_ids = add_terms(model, tokenizer, [t for t, _ in candidates])
     metrics.update(added_tokens=len(new_ids), vocab_after=len(tokenizer), examples=candidates[:10])
     metrics["tokens_per_char_after"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
@@ -96,7 +96,7 @@ def run(preset: Preset, min_pieces: int = 3, max_new_tokens: int = 1000, train_s
     blocks = pretrain.pack_texts(bundled(preset, "pretrain/train.jsonl")["text"], tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
-        args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=train_steps, logging_steps=5)
+        args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=preset.vocab.train_steps, logging_steps=5)
         trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator)
         with timed(metrics, "train_seconds"):
             trainer.train()
