@@ -34,7 +34,8 @@ class TrainKnobs:
     max_steps: int = knob(-1, "optimizer steps; > 0 overrides epochs (PPO needs it: there are no epochs)")
     warmup_ratio: float = knob(0.05, "share of the steps spent warming the learning rate up")
     logging_steps: int = knob(10, "steps between two logged losses")
-    lr_scheduler_type: str = knob("cosine", "learning-rate schedule after warm-up (transformers' names: cosine, linear, constant)")
+    lr_scheduler_type: str = knob("cosine", "learning-rate schedule after warm-up (transformers' names: cosine, linear, constant); "
+                                            "the PPO loop keeps a constant rate and ignores it")
 
 
 @dataclass(frozen=True)
