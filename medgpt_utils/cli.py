@@ -80,11 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_or_skip(name: str, preset, args) -> None:
+    """One stage of `medgpt run`: skipped when current, kept with a warning when stale and --reuse-stale."""
+    from .artifacts import stage_done
+    from .fingerprints import stale_reason
+    from .stages import run_stage
+
+    reason = stale_reason(preset, name)
+    if reason is None and not args.force:
+        print(f"[{name}] already done with these settings, skipping (use --force to re-run)")
+        return
+    if reason is not None and stage_done(preset.name, name) and args.reuse_stale and not args.force:
+        print(f"[{name}] WARNING: reusing outputs {reason}; their numbers are not this preset's")
+        return
+    print(f"[{name}] running ({'--force' if reason is None else reason}) ...")
+    print(f"[{name}] saved to {run_stage(name, preset)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .report import write_report
     from .stages import STAGES, run_stage
-    from .artifacts import stage_done
-    from .fingerprints import stale_reason
 
     args = build_parser().parse_args(argv)
     if args.command == "presets":
@@ -113,16 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Report written to {write_report(preset, list(STAGES))}")
         return 0
     if args.command == "run":
-        for name in STAGES:
-            reason = stale_reason(preset, name)
-            if reason is None and not args.force:
-                print(f"[{name}] already done with these settings, skipping (use --force to re-run)")
-                continue
-            if reason is not None and stage_done(preset.name, name) and args.reuse_stale and not args.force:
-                print(f"[{name}] WARNING: reusing outputs {reason}; their numbers are not this preset's")
-                continue
-            print(f"[{name}] running ({'--force' if reason is None else reason}) ...")
-            print(f"[{name}] saved to {run_stage(name, preset)}")
+        from .training import REUSE_STALE_ENV
+
+        if args.reuse_stale:
+            os.environ[REUSE_STALE_ENV] = "1"  # input stages that a stage builds for itself, too
+        try:
+            for name in STAGES:
+                _run_or_skip(name, preset, args)
+        finally:
+            os.environ.pop(REUSE_STALE_ENV, None)
         from .compare import evaluate_stages
 
         print("[eval] every stage on the same held-out questions ...")

@@ -23,7 +23,7 @@ class StageInfo:
 TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                    "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
 # What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
-_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "max_new_tokens")
+_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "max_new_tokens")
 _PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length")
 
 PIPELINE = (
@@ -44,7 +44,7 @@ PIPELINE = (
     StageInfo("grpo", "GRPO: group-relative advantages from the reward model + an urgent-care rule", aligns=True,
               inputs=("sft", "rm"), reads=("grpo",) + _PREFERENCE_READS),
     StageInfo("vocab", "optional: add medical terms to the vocabulary, resize embeddings, keep training", optional=True,
-              inputs=("pt",), reads=("block_size",)),
+              inputs=("pt",), reads=("vocab", "pt", "block_size")),
 )
 
 

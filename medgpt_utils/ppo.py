@@ -342,9 +342,12 @@ class PPOLoop:
 
     def _update(self, batch: Rollout, old_logprobs, old_values, advantages, returns) -> dict:
         cfg = self.config
-        # Eval mode while the gradients flow: the old log-probs were computed without dropout, so LoRA
-        # dropout here would make the probability ratio differ from 1 by noise alone.
-        self.model.eval()
+        # Train mode (gradient checkpointing only acts in it) with every dropout off: the old log-probs were
+        # computed without dropout, so LoRA dropout here would make the ratio differ from 1 by noise alone.
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
         n = batch.response.shape[0]
         T = batch.response.shape[1]
         sums: dict[str, float] = {}

@@ -143,11 +143,17 @@ def save_metrics(folder: Path, metrics: dict, preset: Preset, stage: str) -> Non
                                              "made_with": stage_record(preset, stage)})
 
 
+REUSE_STALE_ENV = "MEDGPT_REUSE_STALE"  # set by `medgpt run --reuse-stale`: keep stale inputs, with a warning
+
+
 def build_if_stale(preset: Preset, stage_module) -> None:
     """Build an input stage first when it is missing or was made with other settings, saying why and
     what it cost last time; a current one is reused as it is."""
     reason = stale_reason(preset, stage_module.STAGE)
     if reason is None:
+        return
+    if os.environ.get(REUSE_STALE_ENV) and reason != "not built yet":  # medgpt run --reuse-stale
+        print(f"[{stage_module.STAGE}] WARNING: reusing outputs {reason}", flush=True)
         return
     cost = ""
     saved = stage_dir(preset.name, stage_module.STAGE) / METRICS_FILE

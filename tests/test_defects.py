@@ -150,3 +150,55 @@ def data_card_count(name):
     from medgpt_utils import data
 
     return data.card_counts()[name]
+
+
+def test_ppo_update_keeps_train_mode_so_gradient_checkpointing_still_acts(tiny_base, monkeypatch):
+    """Eval mode for the whole update turned gradient checkpointing off on GPU presets (it acts in train mode only)."""
+    model, tokenizer = _model(tiny_base, dropout=0.5)
+    config = ppo.PPOConfig(prompts_per_step=2, minibatch_size=2, ppo_epochs=1, max_new_tokens=4)
+    loop = ppo.PPOLoop(model, tokenizer, lambda prompts, batch, answers: torch.ones(len(answers)), config)
+    seen, original = [], ppo.sequence_logprobs
+
+    def spy(m, *args, **kwargs):
+        if torch.is_grad_enabled():
+            seen.append((m.training, [d.training for d in m.modules() if isinstance(d, torch.nn.Dropout)]))
+        return original(m, *args, **kwargs)
+
+    monkeypatch.setattr(ppo, "sequence_logprobs", spy)
+    loop.step(_texts(tokenizer, 2))
+    assert seen and all(training and not any(dropouts) for training, dropouts in seen), seen
+
+
+def test_ppo_resumes_only_a_checkpoint_made_with_the_same_settings(tiny_base, tmp_path, capsys):
+    import dataclasses
+
+    from medgpt_utils.stages import ppo as ppo_stage
+
+    preset = get_preset("tiny", verbose=False)
+    model, tokenizer = _model(tiny_base)
+    config = ppo.PPOConfig(prompts_per_step=2, minibatch_size=2, ppo_epochs=1, max_new_tokens=4)
+    reward = lambda prompts, batch, answers: torch.ones(len(answers))  # noqa: E731
+    first = ppo.PPOLoop(model, tokenizer, reward, config)
+    first.step(_texts(tokenizer, 2))
+    first.save_checkpoint(tmp_path / "ckpt")
+    same = ppo.PPOLoop(model, tokenizer, reward, config)
+    assert ppo_stage.train(preset, same, _texts(tokenizer, 2), steps=1, checkpoint=tmp_path / "ckpt", progress=False) == []
+    assert same.step_count == 1 and "resumed PPO" in capsys.readouterr().out
+    other = ppo.PPOLoop(model, tokenizer, reward, dataclasses.replace(config, kl_coef=0.5))
+    history = ppo_stage.train(preset, other, _texts(tokenizer, 2), steps=1, checkpoint=tmp_path / "ckpt", progress=False)
+    assert len(history) == 1 and "made with other PPO settings: starting afresh" in capsys.readouterr().out
+
+
+def test_reuse_stale_keeps_a_stale_input_stage_with_a_warning(outputs, monkeypatch, capsys):
+    from medgpt_utils.artifacts import stage_dir
+    from medgpt_utils.stages import pretrain
+    from medgpt_utils.training import REUSE_STALE_ENV, build_if_stale
+
+    preset = get_preset("tiny", verbose=False)
+    folder = stage_dir(preset.name, "pt")
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"stage": "pt"}))  # from before fingerprints: stale
+    monkeypatch.setattr(pretrain, "run", lambda preset: pytest.fail("a kept stage must not be rebuilt"))
+    monkeypatch.setenv(REUSE_STALE_ENV, "1")
+    build_if_stale(preset, pretrain)
+    assert "[pt] WARNING: reusing outputs built before outputs recorded how they were made" in capsys.readouterr().out

@@ -11,6 +11,7 @@ recall, urgent-care advice on red-flag prompts, and the KL to the reference.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import shutil
 from pathlib import Path
@@ -54,8 +55,13 @@ def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int
     from tqdm.auto import tqdm
 
     if checkpoint is not None and checkpoint.exists():
-        loop.load_checkpoint(checkpoint)
-        print(f"resumed PPO from {checkpoint} at step {loop.step_count}")
+        saved = json.loads((checkpoint / loop.CHECKPOINT_STATE).read_text())["config"]
+        if saved == json.loads(json.dumps(dataclasses.asdict(loop.config))):
+            loop.load_checkpoint(checkpoint)
+            print(f"resumed PPO from {checkpoint} at step {loop.step_count}")
+        else:  # made with other settings: resuming would mix two runs under one record
+            print(f"{checkpoint} was made with other PPO settings: starting afresh")
+            shutil.rmtree(checkpoint)
     history = []
     prompts_per_step = loop.config.prompts_per_step
     for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):

@@ -93,7 +93,7 @@ def run(preset: Preset) -> Path:
         config = models.lora_config_for(preset)
         config.trainable_token_indices = {"embed_tokens": new_ids}
         model = get_peft_model(model, config)
-    blocks = pretrain.pack_texts(bundled(preset, "pretrain/train.jsonl")["text"], tokenizer, preset.block_size)
+    blocks = data.pack_texts(bundled(preset, "pretrain/train.jsonl")["text"], tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=preset.vocab.train_steps, logging_steps=5)
