@@ -44,16 +44,21 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     return {name: _jsonable(field_value(preset, name)) for name in fields}
 
 
+def _inputs(preset: Preset, stage: str) -> dict[str, str]:
+    return {name: stage_fingerprint(preset, name) for name in info(stage).inputs}
+
+
 def stage_fingerprint(preset: Preset, stage: str) -> str:
-    inputs = {name: stage_fingerprint(preset, name) for name in info(stage).inputs}
-    return _hash({"stage": stage, "settings": stage_settings(preset, stage), "inputs": inputs, "data": data_fingerprint()})
+    return _hash({"stage": stage, "settings": stage_settings(preset, stage), "inputs": _inputs(preset, stage),
+                  "data": data_fingerprint()})
 
 
 def stage_record(preset: Preset, stage: str) -> dict:
     """What ``metrics.json`` keeps about how the outputs were made."""
-    return {"fingerprint": stage_fingerprint(preset, stage), "settings": stage_settings(preset, stage),
-            "inputs": {name: stage_fingerprint(preset, name) for name in info(stage).inputs},
-            "data": data_fingerprint(), "preset_settings": dataclasses.asdict(preset)}
+    inputs, settings = _inputs(preset, stage), stage_settings(preset, stage)
+    return {"fingerprint": _hash({"stage": stage, "settings": settings, "inputs": inputs, "data": data_fingerprint()}),
+            "settings": settings, "inputs": inputs, "data": data_fingerprint(),
+            "preset_settings": dataclasses.asdict(preset)}
 
 
 def _saved(preset: Preset, stage: str) -> dict | None:
@@ -73,8 +78,8 @@ def stale_reason(preset: Preset, stage: str) -> str | None:
         return "built before outputs recorded how they were made"
     current = json.loads(json.dumps(stage_settings(preset, stage), default=str))  # tuples read back as lists
     changed = [name for name, value in current.items() if made.get("settings", {}).get(name) != value]
-    changed += [f"the {name} stage" for name in info(stage).inputs
-                if made.get("inputs", {}).get(name) != stage_fingerprint(preset, name)]
+    changed += [f"the {name} stage" for name, fingerprint in _inputs(preset, stage).items()
+                if made.get("inputs", {}).get(name) != fingerprint]
     if made.get("data") != data_fingerprint():
         changed.append("the bundled data")
     return "made with other settings (changed: " + ", ".join(changed or ["unknown"]) + ")"
