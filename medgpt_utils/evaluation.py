@@ -237,3 +237,11 @@ def evaluate_model(model, tokenizer, questions, heldout_texts: list[str], block_
         result["reward_score"] = sum(scores) / len(scores)
     result["answers"] = answers
     return result
+
+
+def urgent_care_rule_scores(answers: list[str], red_flags: list[bool], langs: list[str]) -> list[float]:
+    """The rule reward PPO and GRPO add to the reward model's score (``rl.urgent_care_reward`` weighs it):
+    +1 when a red-flag case is answered with urgent-care advice, -1 when it is not, 0 for other prompts.
+    A learned reward model can be talked round; this rule cannot, and red flags must always point to urgent care."""
+    return [0.0 if not flagged else 1.0 if advises_urgent_care(a, lang) else -1.0
+            for a, flagged, lang in zip(answers, red_flags, langs)]

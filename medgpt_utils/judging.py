@@ -61,9 +61,38 @@ def comparison(before: dict, after: dict) -> dict:
         win_rate=win_rate(after["scores"], before["scores"]),
         recall_before=before["recall"], recall_after=after["recall"],
         urgent_care_before=before["urgent_care_on_red_flags"], urgent_care_after=after["urgent_care_on_red_flags"],
+        wrong_condition_before=before["wrong_condition_rate"], wrong_condition_after=after["wrong_condition_rate"],
+        non_word_before=before["non_word_rate"], non_word_after=after["non_word_rate"],
         ended_with_eos=after["ended_with_eos"], non_empty=after["non_empty"],
         scores_before=before["scores"], scores_after=after["scores"],
     )
+
+
+# What "the new policy wins" means. The reward model is also trained on the answers it judges, so a policy can
+# raise its score by writing what it over-rates (reward hacking). A win therefore needs the score to rise by more
+# than its 95% interval AND every measure the knowledge base checks, which no policy can game, to hold.
+WIN_CRITERIA = {
+    "score_gain_interval_above_0": "paired reward-score gain with its 95% interval above 0",
+    "urgent_care_kept": "urgent-care advice on red-flag cases not lower than SFT's",
+    "recall_kept": "key-fact recall at most rl.recall_tolerance below SFT's",
+    "wrong_condition_not_up": "share of answers naming the wrong condition not above SFT's",
+    "non_words_not_up": "share of English non-words not above SFT's",
+    "kl_within_bound": "KL to the SFT model under rl.kl_bound",
+}
+
+
+def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
+    """Each of ``WIN_CRITERIA`` for one aligned policy's numbers (``comparison`` plus ``kl_to_reference``),
+    and ``wins``: all of them hold."""
+    checks = {
+        "score_gain_interval_above_0": result["score_gain"]["low"] > 0,
+        "urgent_care_kept": result["urgent_care_after"] >= result["urgent_care_before"],
+        "recall_kept": result["recall_after"] >= result["recall_before"] - recall_tolerance,
+        "wrong_condition_not_up": result["wrong_condition_after"] <= result["wrong_condition_before"],
+        "non_words_not_up": result["non_word_after"] <= result["non_word_before"],
+        "kl_within_bound": result["kl_to_reference"] < kl_bound,
+    }
+    return {**checks, "wins": all(checks.values())}
 
 
 def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:

@@ -21,6 +21,7 @@ in memory and a second forward pass per minibatch, which a T4 cannot spare for a
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -57,6 +58,12 @@ class PPOConfig:
     vf_coef: float = 0.1  # weight of the value loss against the policy loss
     missing_eos_penalty: float | None = None  # subtracted from the score of answers that never end
     score_clip: float | None = None  # clip reward-model scores to [-c, c] (None: no clipping)
+    score_norm: bool = False  # scores -> (s - running mean) / running std: beta means the same for any reward model
+    lr_schedule: str = "constant"  # "constant", "linear" or "cosine" decay to 0 over ``total_steps``
+    total_steps: int = 0  # PPO steps the schedule spans (0: constant rate)
+    target_approx_kl: float | None = None  # stop a step's epochs once approx KL(old || new) exceeds it
+    samples_per_prompt: int = 1  # answers per prompt in a rollout (>1: each score minus its siblings' mean)
+    value_warmup_steps: int = 0  # first steps train only the value head: advantages start from a fitted baseline
     seed: int = 42
 
 
@@ -234,6 +241,37 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
+class RunningMoments:
+    """Mean and variance of every score seen so far (Chan et al.'s parallel update), for ``score_norm``."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, x: torch.Tensor) -> None:
+        n, batch_mean, batch_var = x.numel(), x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / (self.var**0.5 + 1e-8)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the learning rate at PPO step ``step`` (0-based): 1 throughout for "constant",
+    falling to 0 at ``total_steps`` for "linear" and "cosine"."""
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    progress = min(step / total_steps, 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown PPO lr_schedule {schedule!r}: use constant, linear or cosine")
+
+
 class AdaptiveKLController:
     """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)   (Ziegler et al. 2019).
 
@@ -253,6 +291,11 @@ class AdaptiveKLController:
 # ---------------------------------------------------------------- the loop
 RewardFn = Callable[[list[str], Rollout, list[str]], torch.Tensor]
 """reward_fn(prompt_texts, rollout, answer_texts) -> one score per answer (shape (B,))."""
+
+
+def repeat_prompts(prompts: list, samples_per_prompt: int) -> list:
+    """Each prompt ``samples_per_prompt`` times in a row: the rollout layout ``shaped_scores`` groups by."""
+    return [p for p in prompts for _ in range(samples_per_prompt)]
 
 
 class PPOLoop:
@@ -275,6 +318,8 @@ class PPOLoop:
         self.kl_controller = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
         trainable = [p for p in model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, eps=1e-5)
+        self.score_moments = RunningMoments()
+        lr_factor(config.lr_schedule, 0, config.total_steps)  # an unknown schedule fails here, not after a rollout
         self.step_count = 0
 
     @property
@@ -291,6 +336,23 @@ class PPOLoop:
             scores = scores - self.config.missing_eos_penalty * (~batch.ended).float()
         return scores, answers
 
+    def shaped_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores the loop learns from. With ``samples_per_prompt`` k > 1 (the rollout holds each prompt
+        k times in a row) every score is first taken relative to the mean of its k - 1 siblings: how much
+        better this answer is than the policy's other answers to the same prompt (leave-one-out baseline,
+        as in RLOO). Some prompts simply score higher than others; a critic has to learn that before its
+        advantages say anything about the answer, and with one answer per prompt that noise swamps the signal.
+        With ``score_norm`` the result is divided by the running std (and centred on the running mean) of
+        all scores so far, so beta weighs KL against one standard deviation of score, whatever the scale."""
+        k = self.config.samples_per_prompt
+        if k > 1:
+            groups = scores.view(-1, k)
+            scores = (groups - (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)).view(-1)
+        if not self.config.score_norm:
+            return scores
+        self.score_moments.update(scores)
+        return self.score_moments.normalize(scores)
+
     @torch.no_grad()
     def _old_policy_and_reference(self, batch: Rollout):
         """log pi_old and V_old (adapter on) and log pi_ref (adapter off), without gradients."""
@@ -304,8 +366,11 @@ class PPOLoop:
         return old_logprobs, old_values, ref_logprobs
 
     def step(self, prompt_texts: list[str]) -> dict:
-        """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped updates."""
+        """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped updates. With
+        ``samples_per_prompt`` k, pass each prompt k times in a row (``repeat_prompts``)."""
         cfg, timings = self.config, {}
+        if len(prompt_texts) % cfg.samples_per_prompt:
+            raise ValueError(f"{len(prompt_texts)} prompts cannot hold groups of samples_per_prompt={cfg.samples_per_prompt}")
         t0 = time.perf_counter()
         batch = rollout(self.model, self.tokenizer, prompt_texts, cfg.max_new_tokens, cfg.temperature)
         timings["time_generate"] = time.perf_counter() - t0
@@ -314,12 +379,15 @@ class PPOLoop:
         scores, answers = self.score(prompt_texts, batch)
         old_logprobs, old_values, ref_logprobs = self._old_policy_and_reference(batch)
         mask = batch.response_mask.float()
-        rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_coef)
+        rewards, kl = kl_penalized_rewards(self.shaped_scores(scores), old_logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
         timings["time_score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        learning_rate = cfg.learning_rate * lr_factor(cfg.lr_schedule, self.step_count, cfg.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         update_stats = self._update(batch, old_logprobs, old_values, advantages, returns)
         timings["time_update"] = time.perf_counter() - t0
 
@@ -333,6 +401,7 @@ class PPOLoop:
             "reward": (rewards.sum(dim=1)).mean().item(),  # score - beta * KL, per answer
             "kl": sequence_kl,
             "kl_coef": self.kl_coef,
+            "learning_rate": learning_rate,
             "answer_tokens": mask.sum(dim=1).mean().item(),
             "ended_with_eos": batch.ended.float().mean().item(),
             **update_stats,
@@ -353,7 +422,11 @@ class PPOLoop:
         sums: dict[str, float] = {}
         count = 0
         generator = torch.Generator().manual_seed(cfg.seed + self.step_count)
+        epochs_run, epoch_kl = 0, 0.0
         for _ in range(cfg.ppo_epochs):
+            if cfg.target_approx_kl is not None and epochs_run and epoch_kl > cfg.target_approx_kl:
+                break  # the last epoch moved the policy far from the one that sampled: fresh samples are needed
+            epochs_run, epoch_kl = epochs_run + 1, 0.0
             order = torch.randperm(n, generator=generator)
             minibatches = [order[i : i + cfg.minibatch_size] for i in range(0, n, cfg.minibatch_size)]
             for index, rows in enumerate(minibatches):
@@ -362,7 +435,8 @@ class PPOLoop:
                     self.model, batch.input_ids[rows], batch.attention_mask[rows], T, cfg.temperature, self.value_head)
                 pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(values, old_values[rows], returns[rows], mask, cfg.cliprange_value)
-                loss = (pg_loss + cfg.vf_coef * vf_loss) / cfg.gradient_accumulation_steps
+                warming_up = self.step_count < cfg.value_warmup_steps  # the policy waits for a critic worth following
+                loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) / cfg.gradient_accumulation_steps
                 loss.backward()
                 if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -374,7 +448,8 @@ class PPOLoop:
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
-        return {key: value / count for key, value in sums.items()}
+                epoch_kl += pg_stats["approx_kl"] / len(minibatches)
+        return {**{key: value / count for key, value in sums.items()}, "ppo_epochs_run": epochs_run}
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:
@@ -389,7 +464,8 @@ class PPOLoop:
             save_file(self.value_head.state_dict(), str(tmp / self.VALUE_HEAD_FILE))
             torch.save(self.optimizer.state_dict(), tmp / self.OPTIMIZER_FILE)  # tensors and numbers only
             save_file(rng_states(), str(tmp / self.RNG_FILE))
-            state = {"step": self.step_count, "kl_coef": self.kl_coef, "config": asdict(self.config)}
+            state = {"step": self.step_count, "kl_coef": self.kl_coef, "config": asdict(self.config),
+                     "score_moments": vars(self.score_moments)}
             (tmp / self.CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
         return folder
 
@@ -407,6 +483,7 @@ class PPOLoop:
         set_rng_states(load_file(str(folder / self.RNG_FILE)))
         state = json.loads((folder / self.CHECKPOINT_STATE).read_text())
         self.step_count, self.kl_controller.value = state["step"], state["kl_coef"]
+        vars(self.score_moments).update(state.get("score_moments", {}))
         return self.step_count
 
 

@@ -35,3 +35,4 @@ def pairwise_accuracy(model, tokenizer, pairs) -> dict:
         by_kind[kind].append(win)
     return {"accuracy": sum(wins) / len(wins), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
             "chosen_scores": chosen, "rejected_scores": rejected}
+

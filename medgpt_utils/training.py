@@ -42,6 +42,8 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         seed=preset.seed,
         data_seed=preset.seed,
     )
+    if knobs in (preset.dpo, preset.orpo, preset.grpo):  # alignment stages: rl.seed may differ from the SFT model's
+        args.update(seed=preset.alignment_seed, data_seed=preset.alignment_seed)
     args.update(extra)
     return config_class(**args)
 
@@ -51,12 +53,13 @@ def bundled(preset: Preset, name: str):
     return data.load_bundled(name, conditions=preset.conditions)
 
 
-def seed_stage(preset: Preset) -> None:
+def seed_stage(preset: Preset, seed: int | None = None) -> None:
     """Seed Python, NumPy and torch before a stage builds anything random (LoRA and head init,
-    data order), so a stage gives the same numbers in a notebook, in ``medgpt`` and in CI."""
+    data order), so a stage gives the same numbers in a notebook, in ``medgpt`` and in CI
+    (``seed``: another than the preset's, as the alignment stages' ``Preset.alignment_seed``)."""
     from transformers import set_seed
 
-    set_seed(preset.seed)
+    set_seed(preset.seed if seed is None else seed)
 
 
 def loss_history(trainer) -> dict[str, list]:

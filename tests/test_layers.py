@@ -8,7 +8,8 @@ import medgpt_utils
 
 PACKAGE = Path(medgpt_utils.__file__).parent
 # On top of the stages: the command line, the whole-pipeline evaluation and report, benchmarks, notebook setup.
-TOP = {"medgpt_utils.cli", "medgpt_utils.compare", "medgpt_utils.report", "medgpt_utils.bench", "medgpt_utils.notebook"}
+TOP = {"medgpt_utils.cli", "medgpt_utils.compare", "medgpt_utils.report", "medgpt_utils.bench", "medgpt_utils.notebook",
+       "medgpt_utils.rl_seeds"}
 
 
 def module_name(path: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference
+from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
 from ..training import bundled, is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory, build_if_stale
@@ -49,7 +49,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
     import shutil
 
     sft_path, reward_path = ensure_inputs(preset)
-    seed_stage(preset)
+    seed_stage(preset, preset.alignment_seed)
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
     policy = models.load_lora_model(preset, sft_path)
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
@@ -69,6 +69,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
         metrics.update(comparison(before, after), loss_history=loss_history(trainer), examples=examples(rows, before, after),
                        kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                                                        preset.max_new_tokens, preset.rl.temperature))
+        metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, stage, policy, tokenizer, sft_path, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluation import advises_urgent_care
+from ..evaluation import urgent_care_rule_scores
 from ..presets import Preset
 from ..training import bundled, trainer_arguments
 from .alignment import train_and_judge
@@ -20,25 +20,22 @@ STAGE = "grpo"
 
 
 def urgent_care_rule(prompts, completions, red_flag, lang, **_) -> list[float]:
-    """+1 when a red-flag case is answered with urgent-care advice, -1 when it is not, 0 otherwise."""
-    rewards = []
-    for completion, flagged, language in zip(completions, red_flag, lang):
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        rewards.append(0.0 if not flagged else 1.0 if advises_urgent_care(text, language) else -1.0)
-    return rewards
+    """``scoring.urgent_care_rule_scores`` in TRL's reward-function signature."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return urgent_care_rule_scores(texts, red_flag, lang)
 
 
 def grpo_config(preset: Preset, output_dir):
     from trl import GRPOConfig
 
     knobs = preset.preference
-    use_rule = knobs.urgent_care_reward > 0
+    use_rule = preset.rl.urgent_care_reward > 0
     return trainer_arguments(
         GRPOConfig, preset, preset.grpo, output_dir,
         num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta, num_iterations=knobs.grpo_num_iterations,
         max_completion_length=preset.max_new_tokens,
         temperature=knobs.grpo_temperature, top_k=0, top_p=1.0,  # no top-k / top-p: the ratio needs the policy's own samples
-        reward_weights=[1.0, knobs.urgent_care_reward] if use_rule else [1.0],
+        reward_weights=[1.0, preset.rl.urgent_care_reward] if use_rule else [1.0],
         log_completions=False,
     )
 

@@ -113,7 +113,7 @@ def _cache_key(preset: Preset) -> dict:
             "rm": (stage_dir(preset.name, reward.STAGE) / "metrics.json").stat().st_mtime_ns,
             "samples": knobs.pair_samples_per_prompt, "prompts": knobs.pair_prompts,
             "temperature": knobs.pair_sample_temperature, "max_new_tokens": preset.max_new_tokens,
-            "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.seed}
+            "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.alignment_seed}
 
 
 def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, reward_tokenizer, metrics: dict):

@@ -20,8 +20,9 @@ import torch
 
 from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
+from ..evaluation import urgent_care_rule_scores
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference
+from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..presets import Preset, field_value
 from ..training import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
 from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer
@@ -33,10 +34,13 @@ STAGE = "ppo"
 # that none is left to the loop's own default), so `--set` and `override` reach all of them.
 PPO_FIELDS_FROM_PRESET = {
     "prompts_per_step": "ppo.batch_size", "gradient_accumulation_steps": "ppo.gradient_accumulation_steps",
-    "learning_rate": "ppo.learning_rate", "max_new_tokens": "max_new_tokens", "seed": "seed",
+    "learning_rate": "ppo.learning_rate", "max_new_tokens": "max_new_tokens", "seed": "alignment_seed",
+    "lr_schedule": "ppo.lr_scheduler_type", "total_steps": "ppo.max_steps",
     **{name: f"rl.{name}" for name in ("minibatch_size", "ppo_epochs", "max_grad_norm", "temperature", "kl_coef",
                                        "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "cliprange",
-                                       "cliprange_value", "vf_coef", "missing_eos_penalty", "score_clip")},
+                                       "cliprange_value", "vf_coef", "missing_eos_penalty", "score_clip",
+                                       "score_norm", "target_approx_kl", "value_warmup_steps",
+                                       "samples_per_prompt")},
 }
 
 
@@ -63,10 +67,14 @@ def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int
             print(f"{checkpoint} was made with other PPO settings: starting afresh")
             shutil.rmtree(checkpoint)
     history = []
-    prompts_per_step = loop.config.prompts_per_step
+    k = loop.config.samples_per_prompt
+    if loop.config.prompts_per_step % k:
+        raise ValueError(f"ppo.batch_size={loop.config.prompts_per_step} answers per step must be a multiple of "
+                         f"rl.samples_per_prompt={k}")
+    prompts_per_step = loop.config.prompts_per_step // k  # distinct prompts; each answered k times
     for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):
-        rng = random.Random(preset.seed * 100_003 + step)  # the same prompts for a step, resumed or not
-        history.append(loop.step(rng.sample(prompt_texts, prompts_per_step)))
+        rng = random.Random(preset.alignment_seed * 100_003 + step)  # the same prompts for a step, resumed or not
+        history.append(loop.step(ppo.repeat_prompts(rng.sample(prompt_texts, prompts_per_step), k)))
         if checkpoint is not None and (step + 1) % preset.rl.save_every == 0 and is_main_process():
             loop.save_checkpoint(checkpoint)
     return history
@@ -79,18 +87,22 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
     if steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
         raise ValueError(f"PPO needs ppo.max_steps > 0 (got {steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
-    seed_stage(preset)
+    seed_stage(preset, preset.alignment_seed)
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
     policy = models.load_lora_model(preset, sft_path)
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
     config = ppo_config(preset)
 
     train_rows = bundled(preset, "prompts/train.jsonl")
-    messages_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows["prompt"]))
+    row_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows))
 
     def reward_fn(prompt_texts, batch, answers):
-        conversations = [messages_by_text[t] + [{"role": "assistant", "content": a}] for t, a in zip(prompt_texts, answers)]
-        return torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
+        """The reward model's score, plus the urgent-care rule on red-flag prompts (``rl.urgent_care_reward``)."""
+        rows_ = [row_by_text[t] for t in prompt_texts]
+        conversations = [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows_, answers)]
+        scores = torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
+        rule = urgent_care_rule_scores(answers, [r["red_flag"] for r in rows_], [r["lang"] for r in rows_])
+        return scores + preset.rl.urgent_care_reward * torch.tensor(rule)
 
     loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
     rows = heldout_prompts(preset)
@@ -101,7 +113,7 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
 
     checkpoint = checkpoint_dir(preset, name) if resume else None
     with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-        history = train(preset, loop, list(messages_by_text), steps, checkpoint)
+        history = train(preset, loop, list(row_by_text), steps, checkpoint)
     after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
     kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                          config.max_new_tokens, config.temperature)
@@ -114,6 +126,7 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
         sample_answers=[h["sample_answer"] for h in history[-3:]],
         examples=examples(rows, before, after),
     )
+    metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
     with stage_output(preset, name) as out:
         if is_main_process():
             loop.save_checkpoint(out / "checkpoint")  # adapter, value head, optimizer: resumable

@@ -1,0 +1,151 @@
+"""Issue 14: what makes RL robust (score normalisation, LR schedule, early stop on approx KL), the honest
+judge (``judging.verdict``), the alignment seed and the seed study's bookkeeping."""
+
+import json
+
+import pytest
+import torch
+
+from medgpt_utils import judging, models, ppo, rl_seeds
+from medgpt_utils.fingerprints import stage_fingerprint
+from medgpt_utils.generation import chat_prompt_texts
+from medgpt_utils.presets import get_preset, override
+
+
+def test_lr_factor_decays_to_zero_only_for_decaying_schedules():
+    assert [ppo.lr_factor("constant", s, 10) for s in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    assert [ppo.lr_factor("linear", s, 10) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert ppo.lr_factor("cosine", 0, 10) == 1.0 and ppo.lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert ppo.lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+    assert ppo.lr_factor("linear", 3, 0) == 1.0  # no step count: nothing to decay over
+    with pytest.raises(ValueError, match="unknown PPO lr_schedule 'warmup'"):
+        ppo.lr_factor("warmup", 1, 10)
+
+
+def test_running_moments_match_the_moments_of_everything_seen():
+    torch.manual_seed(0)
+    batches = [torch.randn(7) * 3 + 5, torch.randn(5) * 3 + 5, torch.randn(11) * 3 + 5]
+    moments = ppo.RunningMoments()
+    for b in batches:
+        moments.update(b)
+    everything = torch.cat(batches)
+    assert moments.count == 23
+    assert moments.mean == pytest.approx(everything.mean().item(), rel=1e-5)
+    assert moments.var == pytest.approx(everything.var(unbiased=False).item(), rel=1e-5)
+    normalized = moments.normalize(everything)
+    assert normalized.mean().item() == pytest.approx(0.0, abs=1e-5)
+
+
+def _loop(tiny_base, **config):
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.add_lora(models.load_causal_lm(tiny_base), r=8, alpha=16, dropout=0.0)
+    texts = chat_prompt_texts(tokenizer, [[{"role": "user", "content": q}] for q in ("What causes gout?", "头痛怎么办？")] * 2)
+    scores = iter([torch.tensor([10.0, 12.0, 14.0, 16.0]), torch.tensor([20.0, 22.0, 24.0, 26.0])])
+    base = dict(prompts_per_step=4, minibatch_size=2, ppo_epochs=3, max_new_tokens=6, learning_rate=1e-2)
+    loop = ppo.PPOLoop(model, tokenizer, lambda p, b, a: next(scores), ppo.PPOConfig(**{**base, **config}))
+    return loop, texts
+
+
+def test_score_norm_puts_scores_on_a_unit_scale_and_survives_a_checkpoint(tiny_base, tmp_path):
+    loop, texts = _loop(tiny_base, score_norm=True)
+    loop.step(texts)
+    assert loop.score_moments.mean == pytest.approx(13.0) and loop.score_moments.count == 4
+    shaped = loop.shaped_scores(torch.tensor([0.0]))  # after 5 scores the 0 is far below their mean
+    assert shaped.item() < -1.0
+    loop.save_checkpoint(tmp_path / "ckpt")
+    resumed, _ = _loop(tiny_base, score_norm=True)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert vars(resumed.score_moments) == vars(loop.score_moments)
+
+
+def test_learning_rate_follows_the_schedule_and_early_stop_cuts_epochs(tiny_base):
+    loop, texts = _loop(tiny_base, lr_schedule="linear", total_steps=2, target_approx_kl=0.0)
+    first, second = loop.step(texts), loop.step(texts)
+    assert first["learning_rate"] == pytest.approx(1e-2) and second["learning_rate"] == pytest.approx(5e-3)
+    # approx KL is above 0 once the first epoch has moved the policy: the other two epochs are skipped
+    assert first["ppo_epochs_run"] == 1
+    no_stop, texts = _loop(tiny_base)
+    assert no_stop.step(texts)["ppo_epochs_run"] == 3
+
+
+def _result(**changes):
+    result = dict(score_gain={"mean": 0.5, "low": 0.1, "high": 0.9, "n": 96}, urgent_care_before=0.8,
+                  urgent_care_after=0.8, recall_before=0.55, recall_after=0.53, wrong_condition_before=0.01,
+                  wrong_condition_after=0.01, non_word_before=0.0, non_word_after=0.0, kl_to_reference=5.0)
+    result.update(changes)
+    return result
+
+
+@pytest.mark.parametrize("change, failed", [
+    ({"score_gain": {"mean": 0.5, "low": -0.1, "high": 1.1, "n": 96}}, "score_gain_interval_above_0"),
+    ({"urgent_care_after": 0.75}, "urgent_care_kept"),
+    ({"recall_after": 0.51}, "recall_kept"),
+    ({"wrong_condition_after": 0.02}, "wrong_condition_not_up"),
+    ({"non_word_after": 0.01}, "non_words_not_up"),
+    ({"kl_to_reference": 25.0}, "kl_within_bound"),
+])
+def test_a_win_needs_every_knowledge_measure_to_hold(change, failed):
+    assert judging.verdict(_result(), kl_bound=20.0, recall_tolerance=0.03)["wins"]
+    verdict = judging.verdict(_result(**change), kl_bound=20.0, recall_tolerance=0.03)
+    assert not verdict["wins"] and [k for k in judging.WIN_CRITERIA if not verdict[k]] == [failed]
+
+
+def test_the_alignment_seed_reruns_rl_without_making_sft_or_the_reward_model_stale():
+    preset = get_preset("tiny", verbose=False)
+    other = override(preset, {"rl.seed": 7})
+    assert preset.alignment_seed == preset.seed and other.alignment_seed == 7
+    for stage in ("pt", "sft", "rm"):
+        assert stage_fingerprint(other, stage) == stage_fingerprint(preset, stage)
+    for stage in ("ppo", "dpo", "orpo", "grpo"):
+        assert stage_fingerprint(other, stage) != stage_fingerprint(preset, stage)
+    from medgpt_utils.stages.ppo import ppo_config
+    from medgpt_utils.training import trainer_arguments
+    from trl import DPOConfig
+
+    assert ppo_config(other).seed == 7
+    assert trainer_arguments(DPOConfig, other, other.dpo, "/tmp/unused").seed == 7
+    assert trainer_arguments(DPOConfig, other, other.sft, "/tmp/unused").seed == preset.seed
+
+
+def _record(method, pair, seed, gain_low, wins):
+    r = _result(score_gain={"mean": gain_low + 0.4, "low": gain_low, "high": gain_low + 0.8, "n": 96})
+    return {"method": method, "pair_seed": pair, "rl_seed": seed, "fingerprint": "f", "score_before": 1.0,
+            "score_after": 1.5, "win_rate": 0.6, "train_seconds": 60.0,
+            "verdict": {**{k: True for k in judging.WIN_CRITERIA}, "score_gain_interval_above_0": gain_low > 0, "wins": wins}, **r}
+
+
+def test_seed_study_table_counts_wins_and_spreads_over_runs():
+    records = [_record("ppo", 42, 42, 0.2, True), _record("ppo", 43, 42, -0.1, False), _record("dpo", 42, 42, 0.3, True)]
+    text = rl_seeds.markdown(records, get_preset("tiny", verbose=False))
+    ppo_row = next(line for line in text.splitlines() if line.startswith("| ppo | 2 |"))
+    assert "| 1/2 |" in ppo_row and "+0.45 (+0.30 .. +0.60)" in ppo_row  # wins, and the mean gain (min .. max)
+    assert "no: score_gain_interval_above_0" in text  # every run's own verdict, with what failed
+
+
+def test_seed_study_rejects_unknown_methods(capsys):
+    with pytest.raises(SystemExit):
+        rl_seeds.main(["--methods", "ppo,sft"])
+    assert "sft is not an alignment stage" in capsys.readouterr().err
+
+
+def test_seed_study_reuses_measured_runs(outputs, monkeypatch):
+    """A rerun with the same settings trains nothing; it reads the runs already in runs.jsonl."""
+    preset = override(get_preset("tiny", verbose=False), {"ppo.max_steps": 1})
+    folder = outputs / "tiny" / "rl_seeds"
+    folder.mkdir(parents=True)
+    run_preset = override(preset, {"seed": preset.seed, "rl.seed": preset.seed})
+    saved = {**_record("ppo", preset.seed, preset.seed, 0.2, True), "fingerprint": stage_fingerprint(run_preset, "ppo")}
+    (folder / "runs.jsonl").write_text(json.dumps(saved) + "\n")
+    monkeypatch.setattr(rl_seeds, "run_one", lambda *a: pytest.fail("a measured run was trained again"))
+    records = rl_seeds.study(preset, ["ppo"], seeds=1, pair_seeds=[preset.seed], log=lambda *_: None)
+    assert records == [saved] and "| ppo | 1 | 1/1 |" in (folder / "table.md").read_text()
+
+
+def test_samples_per_prompt_scores_each_answer_against_its_siblings(tiny_base):
+    loop, texts = _loop(tiny_base, samples_per_prompt=2)
+    shaped = loop.shaped_scores(torch.tensor([1.0, 3.0, 10.0, 10.0]))  # two prompts, two answers each
+    assert shaped.tolist() == [-2.0, 2.0, 0.0, 0.0]  # a prompt that scores high for every answer teaches nothing
+    assert ppo.repeat_prompts(["a", "b"], 3) == ["a", "a", "a", "b", "b", "b"]
+    with pytest.raises(ValueError, match="samples_per_prompt=2"):
+        loop.step(texts[:3])
