@@ -245,3 +245,22 @@ def urgent_care_rule_scores(answers: list[str], red_flags: list[bool], langs: li
     A learned reward model can be talked round; this rule cannot, and red flags must always point to urgent care."""
     return [0.0 if not flagged else 1.0 if advises_urgent_care(a, lang) else -1.0
             for a, flagged, lang in zip(answers, red_flags, langs)]
+
+
+def wrong_condition_rule_scores(answers: list[str], conditions: list[str], langs: list[str]) -> list[float]:
+    """-1 when the answer names another condition and not the one asked about (``names_wrong_condition``),
+    else 0. The reward model tells one condition's facts from another's only about 7 times in 10 (notebook
+    03), so without this rule RL drifts into other conditions' text while its score rises."""
+    names = condition_names()
+    return [-1.0 if names_wrong_condition(a, c, lang, names) else 0.0 for a, c, lang in zip(answers, conditions, langs)]
+
+
+def rule_rewards(answers: list[str], rows: list[dict], urgent_care_weight: float, wrong_condition_weight: float) -> list[float]:
+    """What RL adds to the reward model's score (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``):
+    verifiable rules about each prompt's ``red_flag``, ``lang`` and ``condition``. The judge still measures both
+    on held-out prompts, which no rule has seen; key-fact recall is rewarded by nothing and stays the
+    independent check."""
+    langs = [r["lang"] for r in rows]
+    urgent = urgent_care_rule_scores(answers, [r["red_flag"] for r in rows], langs)
+    wrong = wrong_condition_rule_scores(answers, [r["condition"] for r in rows], langs)
+    return [urgent_care_weight * u + wrong_condition_weight * w for u, w in zip(urgent, wrong)]

@@ -23,7 +23,7 @@ class StageInfo:
 TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                    "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
 # What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
-_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance", "rl.urgent_care_reward",
+_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance", "rl.urgent_care_reward", "rl.wrong_condition_penalty",
            "max_new_tokens")
 _PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length")
 

@@ -62,6 +62,7 @@ class PPOConfig:
     lr_schedule: str = "constant"  # "constant", "linear" or "cosine" decay to 0 over ``total_steps``
     total_steps: int = 0  # PPO steps the schedule spans (0: constant rate)
     target_approx_kl: float | None = None  # stop a step's epochs once approx KL(old || new) exceeds it
+    whiten_advantages: bool = True  # rescale each batch's advantages to unit variance (False: keep the scores' scale)
     samples_per_prompt: int = 1  # answers per prompt in a rollout (>1: each score minus its siblings' mean)
     value_warmup_steps: int = 0  # first steps train only the value head: advantages start from a fitted baseline
     seed: int = 42
@@ -381,7 +382,8 @@ class PPOLoop:
         mask = batch.response_mask.float()
         rewards, kl = kl_penalized_rewards(self.shaped_scores(scores), old_logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, mask)
+        if cfg.whiten_advantages:  # every batch then pushes equally hard, whether its score differences are large or noise
+            advantages = whiten(advantages, mask)
         timings["time_score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -54,8 +54,10 @@ class RLKnobs:
     adaptive_kl: bool = knob(False, "steer beta towards target_kl instead of keeping it fixed")
     target_kl: float = knob(4.0, "nats per answer the adaptive KL controller aims for")
     missing_eos_penalty: float | None = knob(1.0, "score penalty for answers that never end (PPO rollouts, sampled pairs, judging)")
-    urgent_care_reward: float = knob(1.0, "PPO and GRPO rule reward, added to the reward-model score: +w when a red-flag "
+    urgent_care_reward: float = knob(1.0, "PPO, GRPO and sampled DPO/ORPO pairs: rule reward, added to the reward-model score: +w when a red-flag "
                                           "case is answered with urgent-care advice, -w when not (0: off)")
+    wrong_condition_penalty: float = knob(1.0, "PPO, GRPO and sampled DPO/ORPO pairs: subtracted from the score of an answer "
+                                               "that names another condition and not the one asked about (0: off)")
     kl_bound: float = knob(20.0, "the judge: a policy further than this from the SFT model (nats per answer) does not count as a win")
     recall_tolerance: float = knob(0.03, "the judge: key-fact recall may fall at most this much below SFT's for a win")
     heldout_prompt_stride: int = knob(3, "every alignment stage is judged on every Nth held-out prompt (3: 112 of 336)")
@@ -69,6 +71,7 @@ class RLKnobs:
     score_norm: bool = knob(False, "normalise scores by their running mean and std (beta then means the same for any reward model)")
     target_approx_kl: float | None = knob(None, "stop a PPO step's epochs once approx KL to the sampling policy exceeds it")
     samples_per_prompt: int = knob(1, "answers per prompt in a PPO rollout (ppo.batch_size answers in all); >1: each score minus its siblings' mean")
+    whiten_advantages: bool = knob(True, "rescale each PPO batch's advantages to unit variance (False: keep the normalised scores' scale)")
     value_warmup_steps: int = knob(0, "first PPO steps train only the value head (a fitted baseline before the policy moves)")
     max_grad_norm: float = knob(1.0, "gradient-norm clip of each PPO optimizer step")
     save_every: int = knob(10, "PPO steps between two resumable checkpoints")
@@ -240,10 +243,12 @@ PRESETS: dict[str, Preset] = {
         # unchanged; T=1.0, 5 samples and 4 epochs: 102 pairs, held-out score 0.98 -> 1.93 (32 prompts), but on all
         # 96 held-out prompts a paired gain of +0.31 (95% interval -0.21 .. +0.82): not yet reliable (issue 14).
         dpo=TrainKnobs(learning_rate=1e-3, batch_size=8, epochs=4),
-        # ORPO with DPO's budget (lr 2e-4 for 1 epoch left every answer as it was: KL 0.001); the seed study
-        # (python -m medgpt_utils.rl_seeds, README) measures it and GRPO against SFT.
-        orpo=TrainKnobs(learning_rate=1e-3, batch_size=8, epochs=4),
-        grpo=TrainKnobs(learning_rate=5e-4, batch_size=32, max_steps=24),  # 768 answers, as many as PPO's
+        # ORPO has no reference to hold it: lr 2e-4 x 1 epoch and 5e-4 x 2 left the answers where they were (KL 0.1-0.2),
+        # 1e-3 x 4 drifted away (KL 22-25, recall 0.57 -> 0.3, score -2 to -2.9); notebook 05 and EXPERIMENTS.md.
+        orpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=2),
+        # GRPO: 8 answers to each of 4 prompts per batch, each batch used for 2 updates (48 steps: 768 answers, as many
+        # as PPO's). lr 5e-4 with 1 update per batch left the policy where it was (KL 0.0; notebooks/EXPERIMENTS.md).
+        grpo=TrainKnobs(learning_rate=2e-3, batch_size=32, max_steps=48, lr_scheduler_type="constant"),
         # 32 prompts per step: fewer made the score too noisy to learn from (measured: no gain with 16)
         # 32 answers per step: 8 prompts x 4 answers, each scored against its siblings (rl.samples_per_prompt), scores
         # normalised. Measured on three SFT/RM pairs (notebooks/EXPERIMENTS.md, issue 14): one answer per prompt
@@ -251,7 +256,8 @@ PRESETS: dict[str, Preset] = {
         ppo=TrainKnobs(learning_rate=2e-3, batch_size=32, max_steps=24, lr_scheduler_type="constant"),
         rl=RLKnobs(kl_coef=0.1, ppo_epochs=2, minibatch_size=16, samples_per_prompt=4, score_norm=True,
                    heldout_prompt_stride=1),  # all 96 held-out prompts: judging is cheap, intervals narrower
-        preference=PreferenceKnobs(pair_sample_temperature=1.0, pair_samples_per_prompt=5, grpo_num_generations=8),
+        preference=PreferenceKnobs(pair_sample_temperature=1.0, pair_samples_per_prompt=5, grpo_num_generations=8,
+                                   grpo_num_iterations=2),
     ),
     "colab-t4": Preset(
         name="colab-t4",

@@ -149,3 +149,28 @@ def test_samples_per_prompt_scores_each_answer_against_its_siblings(tiny_base):
     assert ppo.repeat_prompts(["a", "b"], 3) == ["a", "a", "a", "b", "b", "b"]
     with pytest.raises(ValueError, match="samples_per_prompt=2"):
         loop.step(texts[:3])
+
+
+def test_rule_rewards_score_red_flags_and_wrong_conditions_only():
+    from medgpt_utils.evaluation import rule_rewards
+
+    rows = [{"red_flag": True, "lang": "en", "condition": "heart_attack"},
+            {"red_flag": True, "lang": "zh", "condition": "stroke"},
+            {"red_flag": False, "lang": "en", "condition": "gout"},
+            {"red_flag": False, "lang": "en", "condition": "gout"},
+            {"red_flag": False, "lang": "en", "condition": "gout"}]
+    answers = ["Call your local emergency number now.", "多休息。", "Gout is caused by uric acid crystals.",
+               "Influenza causes fever.", "Rest and drink water."]
+    assert rule_rewards(answers, rows, urgent_care_weight=1.0, wrong_condition_weight=2.0) == [1.0, -1.0, 0.0, -2.0, 0.0]
+    assert rule_rewards(answers, rows, urgent_care_weight=0.0, wrong_condition_weight=0.0) == [0.0] * 5
+
+
+def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
+    from medgpt_utils.stages import grpo
+
+    tiny = get_preset("tiny", verbose=False)
+    assert [f.__name__ for f, _ in grpo.rule_functions(tiny)] == ["urgent_care_rule", "wrong_condition_rule"]
+    off = override(tiny, {"rl.wrong_condition_penalty": 0.0})
+    assert grpo.grpo_config(off, "/tmp/unused").reward_weights == [1.0, tiny.rl.urgent_care_reward]
+    completions = [[{"role": "assistant", "content": "Influenza causes fever."}]]
+    assert grpo.wrong_condition_rule(None, completions, condition=["gout"], lang=["en"]) == [-1.0]

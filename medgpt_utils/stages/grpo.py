@@ -1,7 +1,8 @@
 """Stage 5c, group relative policy optimisation (GRPO): PPO without a value function.
 
-Recipe: for each prompt sample G answers, score them (the course's reward model, plus a rule
-reward: a red-flag case must be answered with advice to seek urgent care, in zh and en), and use
+Recipe: for each prompt sample G answers, score them (the course's reward model, plus rule
+rewards: a red-flag case must be answered with advice to seek urgent care, in zh and en, and an answer
+must not name another condition than the one asked about), and use
 each answer's score relative to its group as its advantage,  A_i = (r_i - mean(r)) / std(r)
 (Shao et al. 2024). The clipped surrogate and a KL penalty to the reference (adapter off) are as in
 PPO. The group replaces the critic, so there is no value head to train.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluation import urgent_care_rule_scores
+from ..evaluation import urgent_care_rule_scores, wrong_condition_rule_scores
 from ..presets import Preset
 from ..training import bundled, trainer_arguments
 from .alignment import train_and_judge
@@ -25,17 +26,28 @@ def urgent_care_rule(prompts, completions, red_flag, lang, **_) -> list[float]:
     return urgent_care_rule_scores(texts, red_flag, lang)
 
 
+def wrong_condition_rule(prompts, completions, condition, lang, **_) -> list[float]:
+    """``evaluation.wrong_condition_rule_scores`` in TRL's reward-function signature."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return wrong_condition_rule_scores(texts, condition, lang)
+
+
+def rule_functions(preset: Preset) -> list[tuple]:
+    """(reward function, weight) for each rule switched on (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``)."""
+    rules = [(urgent_care_rule, preset.rl.urgent_care_reward), (wrong_condition_rule, preset.rl.wrong_condition_penalty)]
+    return [(f, w) for f, w in rules if w > 0]
+
+
 def grpo_config(preset: Preset, output_dir):
     from trl import GRPOConfig
 
     knobs = preset.preference
-    use_rule = preset.rl.urgent_care_reward > 0
     return trainer_arguments(
         GRPOConfig, preset, preset.grpo, output_dir,
         num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta, num_iterations=knobs.grpo_num_iterations,
         max_completion_length=preset.max_new_tokens,
         temperature=knobs.grpo_temperature, top_k=0, top_p=1.0,  # no top-k / top-p: the ratio needs the policy's own samples
-        reward_weights=[1.0, preset.rl.urgent_care_reward] if use_rule else [1.0],
+        reward_weights=[1.0] + [w for _, w in rule_functions(preset)],
         log_completions=False,
     )
 
@@ -43,11 +55,11 @@ def grpo_config(preset: Preset, output_dir):
 def run(preset: Preset) -> Path:
     from trl import GRPOTrainer
 
-    prompts = bundled(preset, "prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang"])
+    prompts = bundled(preset, "prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang", "condition"])
 
     def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
         config = grpo_config(preset, workdir)
-        funcs = [reward_model] + ([urgent_care_rule] if len(config.reward_weights) > 1 else [])
+        funcs = [reward_model] + [f for f, _ in rule_functions(preset)]
         return GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=prompts,
                            processing_class=tokenizer,
                            reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))

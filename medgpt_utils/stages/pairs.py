@@ -4,8 +4,9 @@
   own, so a direct method pushes up texts the policy would rarely say (off-policy). Measured on the
   tiny preset, one epoch of DPO on them left the greedy answers almost unchanged (win rate 0.51).
 - ``"sampled"`` (the course default): for each RL training prompt the SFT model gives its greedy
-  answer and a few sampled ones; the reward model ranks them, and the pair is (best sample, greedy
-  answer) when a sample beat the greedy one, else (greedy answer, worst sample). On-policy pairs,
+  answer and a few sampled ones; the reward model, plus the rule rewards PPO and GRPO learn from
+  (``evaluation.rule_rewards``), ranks them, and the pair is (best sample, greedy answer) when a
+  sample beat the greedy one, else (greedy answer, worst sample). On-policy pairs,
   as in iterative / online DPO: every pair moves the model's own answer towards a better one.
 
 Sampled pairs are built once per SFT model and reward model and kept in
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .. import ppo, scoring
 from ..artifacts import output_root, stage_dir, write_json
+from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from ..training import bundled, is_main_process, timed
@@ -41,12 +43,13 @@ def _scored(prompts, answers: list[str], ended: list[bool], reward_model, reward
 
 def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: list[list[dict]], samples: int,
                   max_new_tokens: int, temperature: float = 1.0, missing_eos_penalty: float | None = 1.0,
-                  batch_size: int = 32):
+                  batch_size: int = 32, rules=None):
     """On-policy pairs from the SFT model (adapter off), ranked by the reward model.
 
     For each prompt: the greedy answer (what the model says today, and what is judged later) and
     ``samples`` sampled answers are scored (minus ``missing_eos_penalty`` for an answer that never
-    ends). Chosen is the best of them; rejected is the greedy answer when something beat it, else
+    ends, plus ``rules(prompt_indices, answers)`` when given: the rule rewards PPO and GRPO learn from too).
+    Chosen is the best of them; rejected is the greedy answer when something beat it, else
     the worst sample. So every pair pushes the model's own answer towards a better one of its own.
     Returns the pairs in TRL's conversational preference format and a summary; a prompt whose
     answers all score the same teaches nothing and is left out, and the summary counts it.
@@ -60,6 +63,8 @@ def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: li
         greedy = generate(policy, tokenizer, texts, max_new_tokens, batch_size)
         greedy_scores = _scored(prompts, [g.text for g in greedy], [g.ended_with_eos for g in greedy],
                                 reward_model, reward_tokenizer, missing_eos_penalty)
+        if rules is not None:
+            greedy_scores = [s + r for s, r in zip(greedy_scores, rules(range(len(prompts)), [g.text for g in greedy]))]
         order = [i for i in range(len(prompts)) for _ in range(samples)]  # each prompt `samples` times
         sampled, sampled_scores = [], []
         for start in range(0, len(order), batch_size):
@@ -67,8 +72,11 @@ def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: li
             batch = ppo.rollout(policy, tokenizer, [texts[i] for i in rows], max_new_tokens, temperature)
             decoded = ppo.decode_answers(tokenizer, batch)
             sampled += decoded
-            sampled_scores += _scored([prompts[i] for i in rows], decoded, batch.ended.tolist(),
-                                      reward_model, reward_tokenizer, missing_eos_penalty)
+            scores = _scored([prompts[i] for i in rows], decoded, batch.ended.tolist(),
+                             reward_model, reward_tokenizer, missing_eos_penalty)
+            if rules is not None:
+                scores = [s + r for s, r in zip(scores, rules(rows, decoded))]
+            sampled_scores += scores
     pairs = {"prompt": [], "chosen": [], "rejected": []}
     margins, examples, ties, greedy_rejected = [], [], 0, 0
     for i, prompt in enumerate(prompts):
@@ -96,14 +104,14 @@ def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: li
     return Dataset.from_dict(pairs), summary
 
 
-def sampling_prompts(preset: Preset) -> list[list[dict]]:
-    """``preference.pair_prompts`` RL training prompts, evenly spread (the file is ordered by
-    condition, so the first N would cover only some conditions); 0 takes all."""
-    prompts = bundled(preset, "prompts/train.jsonl")["prompt"]
+def sampling_rows(preset: Preset) -> list[dict]:
+    """``preference.pair_prompts`` RL training prompts (with their condition, language and red flag), evenly
+    spread (the file is ordered by condition, so the first N would cover only some conditions); 0 takes all."""
+    rows = list(bundled(preset, "prompts/train.jsonl"))
     limit = preset.preference.pair_prompts
-    if limit <= 0 or limit >= len(prompts):
-        return prompts
-    return [prompts[i * len(prompts) // limit] for i in range(limit)]
+    if limit <= 0 or limit >= len(rows):
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
 
 
 def _cache_key(preset: Preset) -> dict:
@@ -113,7 +121,8 @@ def _cache_key(preset: Preset) -> dict:
             "rm": (stage_dir(preset.name, reward.STAGE) / "metrics.json").stat().st_mtime_ns,
             "samples": knobs.pair_samples_per_prompt, "prompts": knobs.pair_prompts,
             "temperature": knobs.pair_sample_temperature, "max_new_tokens": preset.max_new_tokens,
-            "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.alignment_seed}
+            "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.alignment_seed,
+            "urgent_care_reward": preset.rl.urgent_care_reward, "wrong_condition_penalty": preset.rl.wrong_condition_penalty}
 
 
 def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, reward_tokenizer, metrics: dict):
@@ -134,11 +143,15 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
             metrics["pair_sampling_seconds"] = 0.0  # reused; the first run's time is in the summary
             rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
             return Dataset.from_list(rows)
-    knobs = preset.preference
+    knobs, rows = preset.preference, sampling_rows(preset)
+
+    def rules(indices, answers):  # the rule rewards PPO and GRPO add to the reward model's score
+        return rule_rewards(answers, [rows[i] for i in indices], preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty)
+
     with timed(metrics, "pair_sampling_seconds"):
-        pairs, summary = sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, sampling_prompts(preset),
+        pairs, summary = sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, [r["prompt"] for r in rows],
                                        knobs.pair_samples_per_prompt, preset.max_new_tokens,
-                                       knobs.pair_sample_temperature, preset.rl.missing_eos_penalty)
+                                       knobs.pair_sample_temperature, preset.rl.missing_eos_penalty, rules=rules)
     summary["seconds"] = metrics["pair_sampling_seconds"]
     metrics["sampled_pairs"] = summary
     if is_main_process():

@@ -20,7 +20,7 @@ import torch
 
 from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
-from ..evaluation import urgent_care_rule_scores
+from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..presets import Preset, field_value
@@ -40,7 +40,7 @@ PPO_FIELDS_FROM_PRESET = {
                                        "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "cliprange",
                                        "cliprange_value", "vf_coef", "missing_eos_penalty", "score_clip",
                                        "score_norm", "target_approx_kl", "value_warmup_steps",
-                                       "samples_per_prompt")},
+                                       "samples_per_prompt", "whiten_advantages")},
 }
 
 
@@ -97,12 +97,11 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
     row_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows))
 
     def reward_fn(prompt_texts, batch, answers):
-        """The reward model's score, plus the urgent-care rule on red-flag prompts (``rl.urgent_care_reward``)."""
+        """The reward model's score plus the rules (``evaluation.rule_rewards``: urgent care, wrong condition)."""
         rows_ = [row_by_text[t] for t in prompt_texts]
         conversations = [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows_, answers)]
         scores = torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
-        rule = urgent_care_rule_scores(answers, [r["red_flag"] for r in rows_], [r["lang"] for r in rows_])
-        return scores + preset.rl.urgent_care_reward * torch.tensor(rule)
+        return scores + torch.tensor(rule_rewards(answers, rows_, preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty))
 
     loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
     rows = heldout_prompts(preset)
