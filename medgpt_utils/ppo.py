@@ -5,10 +5,11 @@ The pieces, in the order one PPO step uses them:
 1. ``rollout``            sample answers from the policy (left padding, KV cache, stop at EOS)
 2. ``response_mask``      tokens after the first EOS count nowhere
 3. ``sequence_logprobs``  log pi(token) of the answer tokens, values and entropy, in one pass
-4. ``kl_penalized_rewards``  r_t = -beta * (log pi - log pi_ref) per token, + score at the last token
-5. ``gae``                advantages A_t and returns R_t (generalised advantage estimation)
-6. ``policy_loss`` / ``value_loss``  clipped surrogate and clipped value loss
-7. ``PPOLoop.step``       several epochs over minibatches of the rollout, then the next rollout
+4. ``PPOLoop.shaped_scores``  each score against its siblings' mean (several answers per prompt), normalised
+5. ``kl_penalized_rewards``  r_t = -beta * (log pi - log pi_ref) per token, + score at the last token
+6. ``gae``                advantages A_t and returns R_t (generalised advantage estimation)
+7. ``policy_loss`` / ``value_loss``  clipped surrogate and clipped value loss
+8. ``PPOLoop.step``       several epochs over minibatches of the rollout, then the next rollout
 
 Model layout: the policy is the SFT model with a trainable LoRA adapter; the reference policy is
 the same weights with the adapter switched off (``with model.disable_adapter()``), so there is no

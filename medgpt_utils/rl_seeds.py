@@ -130,15 +130,15 @@ SUMMARY_COLUMNS = ("method", "runs", "wins", "reward gain", "gain interval above
 
 
 def summary_row(method: str, runs: list[dict]) -> dict:
-    def change(key):
-        return _spread([r[f"{key}_after"] - r[f"{key}_before"] for r in runs])
+    def change(key, fmt="{:+.2f}"):
+        return _spread([r[f"{key}_after"] - r[f"{key}_before"] for r in runs], fmt)
 
     return {"method": method, "runs": str(len(runs)), "wins": f"{sum(r['verdict']['wins'] for r in runs)}/{len(runs)}",
             "reward gain": _spread([r["score_gain"]["mean"] for r in runs]),
             "gain interval above 0": f"{sum(r['score_gain']['low'] > 0 for r in runs)}/{len(runs)}",
             "win rate": _spread([r["win_rate"] for r in runs], "{:.2f}"),
             "urgent care change": change("urgent_care"), "recall change": change("recall"),
-            "wrong-condition change": change("wrong_condition"), "non-word change": change("non_word"),
+            "wrong-condition change": change("wrong_condition", "{:+.3f}"), "non-word change": change("non_word", "{:+.3f}"),
             "KL to SFT": _spread([r["kl_to_reference"] for r in runs], "{:.1f}"),
             "train s": _spread([r["train_seconds"] for r in runs], "{:.0f}")}
 

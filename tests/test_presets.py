@@ -104,7 +104,7 @@ def test_alignment_stage_configs_stay_fp32_on_cpu_and_carry_the_preset_knobs():
     config = grpo.grpo_config(tiny, "/tmp/unused")
     assert config.num_generations == tiny.preference.grpo_num_generations
     assert config.top_k == 0 and config.top_p == 1.0  # samples from the policy itself
-    assert config.reward_weights == [1.0, tiny.rl.urgent_care_reward, tiny.rl.wrong_condition_penalty]
+    assert config.reward_weights == [1.0, tiny.rl.urgent_care_reward]  # the wrong-condition rule is off by default
 
 
 def _all_fields(obj, prefix=""):

@@ -168,9 +168,21 @@ def test_rule_rewards_score_red_flags_and_wrong_conditions_only():
 def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
     from medgpt_utils.stages import grpo
 
-    tiny = get_preset("tiny", verbose=False)
-    assert [f.__name__ for f, _ in grpo.rule_functions(tiny)] == ["urgent_care_rule", "wrong_condition_rule"]
-    off = override(tiny, {"rl.wrong_condition_penalty": 0.0})
-    assert grpo.grpo_config(off, "/tmp/unused").reward_weights == [1.0, tiny.rl.urgent_care_reward]
+    both = override(get_preset("tiny", verbose=False), {"rl.urgent_care_reward": 1.0, "rl.wrong_condition_penalty": 2.0})
+    assert [f.__name__ for f, _ in grpo.rule_functions(both)] == ["urgent_care_rule", "wrong_condition_rule"]
+    assert grpo.grpo_config(both, "/tmp/unused").reward_weights == [1.0, 1.0, 2.0]
+    off = override(both, {"rl.wrong_condition_penalty": 0.0})
+    assert grpo.grpo_config(off, "/tmp/unused").reward_weights == [1.0, 1.0]
     completions = [[{"role": "assistant", "content": "Influenza causes fever."}]]
     assert grpo.wrong_condition_rule(None, completions, condition=["gout"], lang=["en"]) == [-1.0]
+
+
+def test_whitening_can_be_switched_off(tiny_base, monkeypatch):
+    loop, texts = _loop(tiny_base, whiten_advantages=False)
+    monkeypatch.setattr(ppo, "whiten", lambda *a, **k: pytest.fail("advantages were whitened"))
+    assert loop.step(texts)["step"] == 1
+    on, texts = _loop(tiny_base)
+    seen = []
+    monkeypatch.setattr(ppo, "whiten", lambda x, mask, shift_mean=True: seen.append(1) or x)
+    on.step(texts)
+    assert seen == [1]
