@@ -83,16 +83,21 @@ WIN_CRITERIA = {
 
 def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
     """Each of ``WIN_CRITERIA`` for one aligned policy's numbers (``comparison`` plus ``kl_to_reference``),
-    and ``wins``: all of them hold."""
+    and ``wins``: every measured one holds. A criterion the judged prompts cannot measure (no red-flag case,
+    no fact question among them) is None, and no win rests on it alone."""
+    def kept(key, holds):
+        before, after = result[f"{key}_before"], result[f"{key}_after"]
+        return None if before is None or after is None else holds(before, after)
+
     checks = {
         "score_gain_interval_above_0": result["score_gain"]["low"] > 0,
-        "urgent_care_kept": result["urgent_care_after"] >= result["urgent_care_before"],
-        "recall_kept": result["recall_after"] >= result["recall_before"] - recall_tolerance,
-        "wrong_condition_not_up": result["wrong_condition_after"] <= result["wrong_condition_before"],
-        "non_words_not_up": result["non_word_after"] <= result["non_word_before"],
+        "urgent_care_kept": kept("urgent_care", lambda b, a: a >= b),
+        "recall_kept": kept("recall", lambda b, a: a >= b - recall_tolerance),
+        "wrong_condition_not_up": kept("wrong_condition", lambda b, a: a <= b),
+        "non_words_not_up": kept("non_word", lambda b, a: a <= b),
         "kl_within_bound": result["kl_to_reference"] < kl_bound,
     }
-    return {**checks, "wins": all(checks.values())}
+    return {**checks, "wins": all(v is not False for v in checks.values())}
 
 
 def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:

@@ -164,7 +164,7 @@ def markdown(records: list[dict], preset: Preset) -> str:
                 "wrong condition": f"{r['wrong_condition_before']:.3f} -> {r['wrong_condition_after']:.3f}",
                 "non-words": f"{r['non_word_before']:.3f} -> {r['non_word_after']:.3f}",
                 "KL": f"{r['kl_to_reference']:.1f}", "wins": "yes" if r["verdict"]["wins"] else
-                "no: " + ", ".join(k for k in WIN_CRITERIA if not r["verdict"][k])} for r in records]
+                "no: " + ", ".join(k for k in WIN_CRITERIA if r["verdict"][k] is False)} for r in records]
     lines += ["", "Every run:", ""] + _table(list(per_run[0]), per_run) if per_run else []
     return "\n".join(lines) + "\n"
 

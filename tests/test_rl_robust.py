@@ -91,6 +91,14 @@ def test_a_win_needs_every_knowledge_measure_to_hold(change, failed):
     assert not verdict["wins"] and [k for k in judging.WIN_CRITERIA if not verdict[k]] == [failed]
 
 
+def test_a_criterion_the_judged_prompts_cannot_measure_is_none_and_does_not_decide():
+    """With a large stride the judged prompts may hold no red-flag case: urgent care is then None, not a crash."""
+    verdict = judging.verdict(_result(urgent_care_before=None, urgent_care_after=None), kl_bound=20.0, recall_tolerance=0.03)
+    assert verdict["urgent_care_kept"] is None and verdict["wins"]
+    verdict = judging.verdict(_result(recall_before=None, recall_after=None, kl_to_reference=30.0), 20.0, 0.03)
+    assert verdict["recall_kept"] is None and not verdict["wins"]
+
+
 def test_the_alignment_seed_reruns_rl_without_making_sft_or_the_reward_model_stale():
     preset = get_preset("tiny", verbose=False)
     other = override(preset, {"rl.seed": 7})
