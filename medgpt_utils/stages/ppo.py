@@ -1,11 +1,13 @@
 """Stage 4, RLHF with PPO: raise the reward model's score while a KL leash keeps the SFT model's knowledge.
 
 Recipe: the SFT model gets a trainable LoRA adapter (the policy); with the adapter off it is the
-reference policy. Each step samples answers to training prompts, scores them with the reward
-model (the same chat-templated text it was trained on), subtracts beta * KL per token, and runs
-clipped PPO updates (``medgpt_utils.ppo``). Judged on held-out prompts, greedy answers of the SFT
-and the PPO policy side by side: reward-model score (paired, with a 95% interval), key-fact
-recall, urgent-care advice on red-flag prompts, and the KL to the reference.
+reference policy. Each step samples ``rl.samples_per_prompt`` answers to each of a few training
+prompts, scores them with the reward model (the same chat-templated text it was trained on) plus the
+rule rewards (``evaluation.rule_rewards``), takes each score against its siblings', subtracts
+beta * KL per token, and runs clipped PPO updates (``medgpt_utils.ppo``). Judged on held-out prompts,
+greedy answers of the SFT and the PPO policy side by side: reward-model score (paired, with a 95%
+interval), key-fact recall, urgent-care advice on red-flag prompts, answers naming another condition,
+non-words and the KL to the reference, summed up by ``judging.verdict``.
 """
 
 from __future__ import annotations
