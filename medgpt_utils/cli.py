@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from .pipeline import STAGE_DATA
 from .presets import PRESETS, get_preset, parse_overrides
 
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_preset_options(stage)
+        kind = STAGE_DATA[name]
+        stage.add_argument("--data", metavar="SOURCES",
+                           help=f"this stage's {kind} data instead of the bundled files (sets data.{kind}): a file, a folder, "
+                                "a save_to_disk folder or hub:<dataset id>; several joined by commas (see data/FORMATS.md)")
+        stage.add_argument("--validation-data", metavar="SOURCES",
+                           help=f"held-out {kind} data (sets data.{kind}_validation; default: a seeded data.validation_percent of --data)")
     evaluate = sub.add_parser("eval", help="evaluate every finished stage on the same held-out sets",
                               description="Evaluate every finished stage on the same held-out sets; table in outputs/<preset>/report.md.")
     _add_preset_options(evaluate)
@@ -97,7 +104,31 @@ def _run_or_skip(name: str, preset, args) -> None:
     print(f"[{name}] saved to {run_stage(name, preset)}")
 
 
+def _data_overrides(args) -> dict[str, str]:
+    """``--data`` / ``--validation-data`` of a stage command as the preset fields they set."""
+    overrides = {}
+    kind = STAGE_DATA.get(args.command)
+    if getattr(args, "data", None):
+        overrides[f"data.{kind}"] = args.data
+        if args.command in ("dpo", "orpo"):
+            overrides["preference.pair_source"] = "data"  # the user's pairs, not pairs sampled from the SFT model
+    if getattr(args, "validation_data", None):
+        overrides[f"data.{kind}_validation"] = args.validation_data
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .data import DataFormatError
+    from .sources import DataSourceError
+
+    try:
+        return _main(argv)
+    except (DataFormatError, DataSourceError) as err:  # the user's data: one line naming the source, no traceback
+        print(f"medgpt: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     from .report import write_report
     from .stages import STAGES, run_stage
 
@@ -115,12 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "gpus", None):
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before preset detection first asks torch about CUDA
     try:
-        preset = get_preset(args.preset, parse_overrides(args.set))
+        preset = get_preset(args.preset, {**parse_overrides(args.set), **_data_overrides(args)})
     except ValueError as err:
         print(f"medgpt: error: {err}", file=sys.stderr)
         return 2
     if args.command in ("infer", "web"):
         return _chat_command(args, preset)
+    from .training import check_data_sources
+
+    check_data_sources(preset)  # a mistyped path fails here, before any stage builds its inputs
     if args.command == "eval":
         from .compare import evaluate_stages
 

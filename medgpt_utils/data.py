@@ -1,12 +1,14 @@
 """Load training data in the formats the field uses, into TRL's conversational formats.
 
-Public API (``paths`` may be a file, a folder of ``.txt``/``.json``/``.jsonl`` files, or a list):
+Public API (``paths`` may be a file, a folder of ``.txt``/``.json``/``.jsonl``/``.parquet`` files, or a list):
 
 - ``load_pretraining(paths)`` -> column ``text``
-- ``load_sft(paths)`` -> column ``messages`` (Alpaca, ShareGPT, OpenAI ``messages``)
+- ``load_sft(paths)`` -> column ``messages`` (Alpaca, ShareGPT, OpenAI ``messages``, ``question``/``answer``)
 - ``load_preference(paths)`` -> ``prompt`` (messages), ``chosen``, ``rejected`` (assistant
   messages), extra columns kept (MedicalGPT, question/response_chosen/response_rejected, TRL)
 - ``load_prompts(paths)`` -> column ``prompt`` (messages)
+- ``load_rows(rows, kind, source)``: the same conversion for rows of a ``datasets`` dataset (a hub id, a
+  ``save_to_disk`` folder); ``medgpt_utils.sources`` reads each stage's sources with these.
 
 A malformed record raises ``DataFormatError`` naming the file, the line and the problem. With
 ``on_error="skip"`` it is skipped, its reason logged, and the ``LoadReport`` (returned with
@@ -26,17 +28,21 @@ from .artifacts import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".txt", ".json", ".jsonl")
+DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# ShareGPT tool-call turns (LLaMA-Factory's layout). The course's chat templates have no tool roles, so a
+# dialogue holding them is skipped with this reason counted, never silently cut.
+TOOL_ROLES = ("function_call", "observation", "tool")
 MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 class DataFormatError(ValueError):
     """A record that cannot be used; the message names the file, the line and the problem."""
 
-    def __init__(self, path: Path | str, line: int | None, problem: str):
+    def __init__(self, path: Path | str, line: int | None, problem: str, unit: str = "line"):
         self.path, self.line, self.problem = str(path), line, problem
-        where = f"{path}:{line}" if line else str(path)
+        # A line of a text file reads "file:12"; a row of a table or dataset reads "source row 12".
+        where = str(path) if not line else f"{path}:{line}" if unit == "line" else f"{path} {unit} {line}"
         super().__init__(f"{where}: {problem}")
 
 
@@ -134,6 +140,19 @@ def _records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any]]:
     yield from _json_array_records(path, _decode(path, raw))
 
 
+def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(row number from 1, row) for every row of a parquet file (``text`` tables for pretraining, or any layout)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow's errors have no common base worth naming
+        raise DataFormatError(path, None, f"not a readable parquet file ({type(err).__name__}: {err})") from None
+    if table.num_rows == 0:
+        raise DataFormatError(path, None, "file is empty")
+    yield from enumerate(table.to_pylist(), start=1)
+
+
 def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """Records of a ``.json`` file (a list of objects, or one object) with their line numbers."""
     decoder = json.JSONDecoder()
@@ -182,27 +201,48 @@ def _load(paths, convert: Callable[[Any], dict], on_error: str, return_report: b
     rows: list[dict] = []
     for path in _files(paths):
         report.files.append(str(path))
-        try:
-            for line, record in _records(path, text_field):
-                report.read += 1
-                try:
-                    if isinstance(record, DataFormatError):
-                        raise record
-                    try:
-                        rows.append(convert(record))
-                    except _Bad as bad:
-                        raise DataFormatError(path, line, str(bad)) from None
-                    report.kept += 1
-                except DataFormatError as err:
-                    _skip_or_raise(err, report, on_error)
-        except DataFormatError as err:  # the whole file is unusable (empty, not decodable JSON)
-            report.read += 1
-            _skip_or_raise(err, report, on_error)
+        records = _parquet_records(path) if path.suffix == ".parquet" else _records(path, text_field)
+        rows += _convert_all(records, convert, path, "row" if path.suffix == ".parquet" else "line", on_error, report)
     if not rows:
         raise ValueError(f"no usable records in {', '.join(report.files)} ({report})")
     log.info("loaded %s", report)
     dataset = Dataset.from_list(_fill_missing_columns(rows))
     return (dataset, report) if return_report else dataset
+
+
+def _convert_all(records, convert, source, unit: str, on_error: str, report: LoadReport) -> list[dict]:
+    """Convert (number, record) pairs from one source; bad ones raise or are skipped and counted."""
+    rows = []
+    try:
+        for number, record in records:
+            report.read += 1
+            try:
+                if isinstance(record, DataFormatError):
+                    raise record
+                try:
+                    rows.append(convert(record))
+                except _Bad as bad:
+                    raise DataFormatError(source, number, str(bad), unit) from None
+                report.kept += 1
+            except DataFormatError as err:
+                _skip_or_raise(err, report, on_error)
+    except DataFormatError as err:  # the whole file is unusable (empty, not decodable JSON)
+        report.read += 1
+        _skip_or_raise(err, report, on_error)
+    return rows
+
+
+CONVERTERS = {}  # kind -> converter, filled below: "pretraining", "sft", "preference", "prompts"
+
+
+def load_rows(rows: Iterable[dict], kind: str, source: str, on_error: str = "raise") -> tuple[list[dict], LoadReport]:
+    """Convert the rows of a ``datasets`` dataset (hub or ``save_to_disk``) as the file loaders convert records;
+    errors name ``source`` and the row number (from 1)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    report = LoadReport(files=[source])
+    converted = _convert_all(enumerate(rows, start=1), CONVERTERS[kind], source, "row", on_error, report)
+    return converted, report
 
 
 def _skip_or_raise(err: DataFormatError, report: LoadReport, on_error: str) -> None:
@@ -270,6 +310,8 @@ def _messages(items: Any, field_name: str, role_key: str, content_key: str, role
         if not isinstance(turn, dict):
             raise _Bad(f"{field_name}[{i}] must be an object with '{role_key}' and '{content_key}'")
         role = _need_str(turn, role_key, where)
+        if role in TOOL_ROLES and role not in roles:
+            raise _Bad(f"tool-call turns are not supported (the chat template has no tool roles): {where}{role_key} is {role!r}")
         if role not in roles:
             raise _Bad(f"unknown role {role!r} in {where}{role_key} (accepted: {', '.join(roles)})")
         result.append({"role": roles[role], "content": _need_str(turn, content_key, where)})
@@ -329,9 +371,14 @@ def convert_sft(record: Any) -> dict:
     elif "instruction" in record:
         messages = _alpaca_messages(record) + [{"role": "assistant", "content": _need_str(record, "output")}]
         used = {"instruction", "input", "output", "system", "history"}
+    elif "question" in record and "answer" in record:  # MedicalGPT's QA and GRPO files
+        messages = _system(record) + [{"role": "user", "content": _need_str(record, "question")},
+                                      {"role": "assistant", "content": _need_str(record, "answer")}]
+        used = {"question", "answer", "system"}
     else:
-        raise _Bad(f"unknown SFT format: expected 'instruction'/'output' (Alpaca), 'conversations' (ShareGPT) or 'messages', found keys {sorted(record)}")
-    field_name = "messages" if "messages" in record else "conversations" if "conversations" in record else "instruction"
+        raise _Bad(f"unknown SFT format: expected 'instruction'/'output' (Alpaca), 'conversations' (ShareGPT), 'messages' "
+                   f"or 'question'/'answer', found keys {sorted(record)}")
+    field_name = next((k for k in ("messages", "conversations", "instruction") if k in record), "question")
     return {"messages": _check_order(messages, field_name, last="assistant"), **_extras(record, used)}
 
 
@@ -413,14 +460,19 @@ def convert_prompt(record: Any) -> dict:
         prompt, used, field_name = _openai(record["messages"]), {"messages"}, "messages"
     elif "instruction" in record:
         prompt, used, field_name = _alpaca_messages(record), {"instruction", "input", "system", "history"}, "instruction"
+    elif "question" in record:  # MedicalGPT's GRPO files; an "answer" stays as a column (a reference for rule rewards)
+        prompt, used, field_name = _system(record) + [{"role": "user", "content": _need_str(record, "question")}], {"question", "system"}, "question"
     else:
-        raise _Bad(f"unknown prompt format: expected 'prompt', 'conversations', 'messages' or 'instruction', found keys {sorted(record)}")
+        raise _Bad(f"unknown prompt format: expected 'prompt', 'conversations', 'messages', 'instruction' or 'question', found keys {sorted(record)}")
     return {"prompt": _check_order(prompt, field_name, last="user"), **_extras(record, used)}
 
 
 def load_prompts(paths, on_error: str = "raise", return_report: bool = False):
     """RL prompts -> column ``prompt`` (messages ending with the user's turn)."""
     return _load(paths, convert_prompt, on_error, return_report, text_field="prompt")
+
+
+CONVERTERS.update(pretraining=convert_pretraining, sft=convert_sft, preference=convert_preference, prompts=convert_prompt)
 
 
 # ---------------------------------------------------------------- the knowledge base and data card

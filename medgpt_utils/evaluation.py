@@ -253,15 +253,26 @@ def wrong_condition_rule_scores(answers: list[str], conditions: list[str], langs
     03), and PPO's answers drift into other conditions' text while its score rises; measured on the tiny
     preset this rule did not stop that on held-out prompts, so ``rl.wrong_condition_penalty`` is 0 by default."""
     names = condition_names()
-    return [-1.0 if names_wrong_condition(a, c, lang, names) else 0.0 for a, c, lang in zip(answers, conditions, langs)]
+    return [-1.0 if c and names_wrong_condition(a, c, lang, names) else 0.0 for a, c, lang in zip(answers, conditions, langs)]
 
 
-def rule_rewards(answers: list[str], rows: list[dict], urgent_care_weight: float, wrong_condition_weight: float) -> list[float]:
-    """What RL adds to the reward model's score (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``):
-    verifiable rules about each prompt's ``red_flag``, ``lang`` and ``condition``. The judge still measures both
-    on held-out prompts, which no rule has seen; key-fact recall is rewarded by nothing and stays the
-    independent check."""
-    langs = [r["lang"] for r in rows]
-    urgent = urgent_care_rule_scores(answers, [r["red_flag"] for r in rows], langs)
-    wrong = wrong_condition_rule_scores(answers, [r["condition"] for r in rows], langs)
-    return [urgent_care_weight * u + wrong_condition_weight * w for u, w in zip(urgent, wrong)]
+def key_fact_rule_scores(answers: list[str], key_facts: list[list[str]], red_flags: list[bool]) -> list[float]:
+    """The share of the asked-about fact's key facts that the answer states (``key_fact_recall``), for prompts
+    that ask for facts; 0 for red-flag cases (the urgent-care rule judges those). The training prompts carry their
+    key facts, as a ground truth; the judge measures recall on held-out wordings no rule has seen."""
+    return [0.0 if flagged or not facts else key_fact_recall(a, facts)
+            for a, facts, flagged in zip(answers, key_facts, red_flags)]
+
+
+def rule_rewards(answers: list[str], rows: list[dict], urgent_care_weight: float, wrong_condition_weight: float,
+                 key_fact_weight: float = 0.0) -> list[float]:
+    """What RL adds to the reward model's score (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``,
+    ``rl.key_fact_reward``): verifiable rules about each prompt's ``red_flag``, ``lang``, ``condition`` and
+    ``key_facts``. The judge measures the same things on held-out prompts, which no rule has seen."""
+    # Prompts from the user's data may have none of these columns: no rule applies to them.
+    langs, flags = [r.get("lang") or "en" for r in rows], [bool(r.get("red_flag")) for r in rows]
+    urgent = urgent_care_rule_scores(answers, flags, langs)
+    wrong = wrong_condition_rule_scores(answers, [r.get("condition") for r in rows], langs)
+    facts = key_fact_rule_scores(answers, [r.get("key_facts") or [] for r in rows], flags)
+    return [urgent_care_weight * u + wrong_condition_weight * w + key_fact_weight * f
+            for u, w, f in zip(urgent, wrong, facts)]

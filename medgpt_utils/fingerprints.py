@@ -41,7 +41,16 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     """The preset fields ``stage``'s outputs depend on."""
     stage_info = info(stage)
     fields = stage_info.reads + (TRAINING_FIELDS if stage_info.trains else ("conditions", "seed"))
-    return {name: _jsonable(field_value(preset, name)) for name in fields}
+    return {name: _data_setting(name, field_value(preset, name)) for name in fields}
+
+
+def _data_setting(name: str, value):
+    """A field's value; a data source naming local files also records their sizes and times, so a stage
+    trained on a file that has changed since counts as stale."""
+    from .sources import local_files_signature
+
+    is_source = name.startswith("data.") and isinstance(value, str) and value.strip() not in ("", "bundled")
+    return {"sources": value, "files": local_files_signature(value)} if is_source else _jsonable(value)
 
 
 def _inputs(preset: Preset, stage: str) -> dict[str, str]:

@@ -18,12 +18,14 @@ from .generation import answer
 
 def judge(policy, tokenizer, reward_model, reward_tokenizer, rows, max_new_tokens: int, conditions=()) -> dict:
     """Greedy answers to ``rows`` with their reward scores and the course's knowledge measures
-    (``evaluation.knowledge_scores``; ``conditions``: the preset's, for the training vocabulary)."""
+    (``evaluation.knowledge_scores``; ``conditions``: the preset's, for the training vocabulary). The knowledge
+    measures need the knowledge base's prompts (their ``key_facts``); on other prompts they are None."""
     generated = answer(policy, tokenizer, list(rows["prompt"]), max_new_tokens)
     answers = [g.text for g in generated]
     conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], answers)]
     scores = scoring.reward_scores(reward_model, reward_tokenizer, conversations)
-    knowledge = knowledge_scores(answers, rows, training_vocabulary(conditions))
+    knowledge = (knowledge_scores(answers, rows, training_vocabulary(conditions)) if "key_facts" in rows.column_names
+                 else dict.fromkeys(("recall", "safety_rate", "wrong_condition_rate", "non_word_rate")))
     return {"answers": answers, "scores": scores, "score": sum(scores) / len(scores),
             "recall": knowledge["recall"],  # on fact questions; red-flag cases are judged by the next line
             "urgent_care_on_red_flags": knowledge["safety_rate"],

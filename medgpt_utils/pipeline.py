@@ -23,21 +23,27 @@ class StageInfo:
 TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                    "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
 # What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
-_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance", "rl.urgent_care_reward", "rl.wrong_condition_penalty",
-           "max_new_tokens")
-_PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length")
+_JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance",
+           "rl.urgent_care_reward", "rl.wrong_condition_penalty", "rl.key_fact_reward", "max_new_tokens")
+# Where each stage's data comes from (``Preset.data``); every reader also depends on the shared options.
+_DATA_OPTIONS = ("data.validation_percent", "data.on_error")
+DATA_READS = {kind: (f"data.{kind}", f"data.{kind}_validation") + _DATA_OPTIONS for kind in ("pt", "sft", "preference", "prompts")}
+# The data a stage's ``--data`` gives (``medgpt dpo --data pairs.jsonl`` also sets preference.pair_source=data).
+STAGE_DATA = {"base": "pt", "pt": "pt", "vocab": "pt", "sft": "sft", "rm": "preference", "dpo": "preference",
+              "orpo": "preference", "ppo": "prompts", "grpo": "prompts"}
+_PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length") + DATA_READS["prompts"] + DATA_READS["preference"]
 
 PIPELINE = (
     StageInfo("base", "build the tiny tokenizer and model (tiny preset) or name the hub base model", trains=False,
-              reads=("base_model", "tiny")),
+              reads=("base_model", "tiny") + DATA_READS["pt"]),
     StageInfo("pt", "continued pretraining on the medical corpus, perplexity before/after", inputs=("base",),
-              reads=("pt", "block_size", "eval_question_stride")),
+              reads=("pt", "block_size", "eval_question_stride") + DATA_READS["pt"]),
     StageInfo("sft", "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)", inputs=("pt",),
-              reads=("sft", "max_length", "max_new_tokens", "eval_question_stride")),
+              reads=("sft", "max_length", "max_new_tokens", "eval_question_stride") + DATA_READS["sft"]),
     StageInfo("rm", "reward model: scalar head + LoRA on the SFT model, pairwise loss", causal_lm=False, inputs=("sft",),
-              reads=("rm", "max_length", "reward_base_model")),
+              reads=("rm", "max_length", "reward_base_model") + DATA_READS["preference"]),
     StageInfo("ppo", "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores", aligns=True,
-              inputs=("sft", "rm"), reads=("ppo", "rl", "max_new_tokens")),
+              inputs=("sft", "rm"), reads=("ppo", "rl", "max_new_tokens") + DATA_READS["prompts"]),
     StageInfo("dpo", "DPO: pairs of the SFT model's own answers ranked by the reward model (or the bundled pairs), "
                      "reference = adapter off", aligns=True, inputs=("sft", "rm"), reads=("dpo",) + _PREFERENCE_READS),
     StageInfo("orpo", "ORPO: SFT loss + odds-ratio preference term on the same pairs as DPO, no reference model", aligns=True,
@@ -45,7 +51,7 @@ PIPELINE = (
     StageInfo("grpo", "GRPO: group-relative advantages from the reward model + an urgent-care rule", aligns=True,
               inputs=("sft", "rm"), reads=("grpo",) + _PREFERENCE_READS),
     StageInfo("vocab", "optional: add medical terms to the vocabulary, resize embeddings, keep training", optional=True,
-              inputs=("pt",), reads=("vocab", "pt", "block_size")),
+              inputs=("pt",), reads=("vocab", "pt", "block_size") + DATA_READS["pt"]),
 )
 
 

@@ -60,6 +60,10 @@ class RLKnobs:
     # 0.010 / 0.052 with it, 0.031 / 0.042 / 0.031 without) and the gains were smaller (notebooks/EXPERIMENTS.md).
     wrong_condition_penalty: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: subtracted from the score of an answer "
                                                "that names another condition and not the one asked about (0: off)")
+    # Off by default: measured on the tiny preset (w=1) it lowered PPO's and GRPO's mean gains and held-out recall
+    # still fell (notebooks/EXPERIMENTS.md, K1). With the user's own prompts that carry key facts it is a ground-truth reward.
+    key_fact_reward: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: w times the share of the asked-about key facts an "
+                                       "answer states, added to the score of prompts that ask for facts (0: off)")
     kl_bound: float = knob(20.0, "the judge: a policy further than this from the SFT model (nats per answer) does not count as a win")
     recall_tolerance: float = knob(0.03, "the judge: key-fact recall may fall at most this much below SFT's for a win")
     heldout_prompt_stride: int = knob(3, "every alignment stage is judged on every Nth held-out prompt (3: 112 of 336)")
@@ -82,6 +86,24 @@ class RLKnobs:
 
 
 @dataclass(frozen=True)
+class DataKnobs:
+    """Where each stage's data comes from (``medgpt_utils.sources``): 'bundled', a file or folder, a
+    ``save_to_disk`` folder or ``hub:<dataset id>``; several joined by commas, options after '?'
+    (``weight``, ``max_samples``; hub: ``config``, ``split``, ``revision``, ``streaming``)."""
+
+    pt: str = knob("bundled", "pretraining text (PT; also the tiny tokenizer and the vocabulary stage)")
+    sft: str = knob("bundled", "SFT dialogues")
+    preference: str = knob("bundled", "preference pairs: the reward model, and DPO/ORPO with preference.pair_source='data'")
+    prompts: str = knob("bundled", "RL prompts: PPO, GRPO and the sampled DPO/ORPO pairs")
+    pt_validation: str = knob("", "held-out text; empty: the bundled held-out file and a carved share of other sources")
+    sft_validation: str = knob("", "held-out dialogues; empty: as pt_validation")
+    preference_validation: str = knob("", "held-out pairs; empty: as pt_validation")
+    prompts_validation: str = knob("", "held-out prompts the alignment stages are judged on; empty: as pt_validation")
+    validation_percent: float = knob(5.0, "share of each non-bundled source held out for validation (seeded by the preset's seed)")
+    on_error: str = knob("skip", "a bad record in the user's data: 'skip' (counted and reported per source) or 'raise'")
+
+
+@dataclass(frozen=True)
 class PreferenceKnobs:
     """Method-specific knobs of DPO, ORPO and GRPO (learning rate, batch and steps are in their TrainKnobs)."""
 
@@ -89,7 +111,7 @@ class PreferenceKnobs:
     dpo_sft_weight: float = knob(1.0, "DPO: weight of an NLL term on the chosen answer (RPO, Pang et al. 2024); 0: pure DPO")
     # Where DPO and ORPO get their pairs (stages/pairs.py): "sampled" = the SFT model's own answers
     # ranked by the reward model (greedy vs best sample); "bundled" = the written preference data.
-    pair_source: str = knob("sampled", "DPO/ORPO pairs: 'sampled' (the SFT model's answers ranked by the reward model) or 'bundled' (the written pairs)")
+    pair_source: str = knob("sampled", "DPO/ORPO pairs: 'sampled' (the SFT model's answers ranked by the reward model) or 'data' (the pairs of data.preference: the written pairs unless you give your own)")
     pair_samples_per_prompt: int = knob(3, "sampled pairs: sampled answers per prompt besides the greedy one")
     pair_prompts: int = knob(0, "sampled pairs: how many RL training prompts, spread over all of them (0: all)")
     pair_sample_temperature: float = knob(0.7, "sampled pairs: temperature (below 1 keeps samples close to the greedy answers judged later)")
@@ -178,6 +200,7 @@ class Preset:
     grpo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=1e-5), help="GRPO: learning rate, batch, epochs/steps")
     ppo: TrainKnobs = knob(factory=lambda: TrainKnobs(learning_rate=1e-5), help="PPO: learning rate, prompts per step (batch_size), steps (max_steps)")
     rl: RLKnobs = knob(factory=RLKnobs, help="the PPO loop's knobs, and how every alignment stage is judged")
+    data: DataKnobs = knob(factory=DataKnobs, help="where each stage's data comes from (bundled, files, folders, hub datasets)")
     preference: PreferenceKnobs = knob(factory=PreferenceKnobs, help="DPO, ORPO and GRPO knobs beyond learning rate, batch and steps")
     vocab: VocabKnobs = knob(factory=VocabKnobs, help="the optional vocabulary stage: which terms to add and how long to train")
     eval_question_stride: int = knob(5, "evaluate every Nth held-out question")

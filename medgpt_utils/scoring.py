@@ -26,13 +26,15 @@ def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size:
 
 
 def pairwise_accuracy(model, tokenizer, pairs) -> dict:
-    """Share of pairs where r(chosen) > r(rejected), overall and by ``rejected_kind``."""
+    """Share of pairs where r(chosen) > r(rejected), overall and by ``rejected_kind`` (when the pairs have one)."""
     chosen = reward_scores(model, tokenizer, [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])])
     rejected = reward_scores(model, tokenizer, [p + r for p, r in zip(pairs["prompt"], pairs["rejected"])])
     wins = [c > r for c, r in zip(chosen, rejected)]
     by_kind = defaultdict(list)
-    for kind, win in zip(pairs["rejected_kind"], wins):
-        by_kind[kind].append(win)
+    kinds = pairs["rejected_kind"] if "rejected_kind" in pairs.column_names else [None] * len(wins)
+    for kind, win in zip(kinds, wins):
+        if kind is not None:
+            by_kind[kind].append(win)
     return {"accuracy": sum(wins) / len(wins), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
             "chosen_scores": chosen, "rejected_scores": rejected}
 

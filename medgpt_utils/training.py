@@ -53,6 +53,47 @@ def bundled(preset: Preset, name: str):
     return data.load_bundled(name, conditions=preset.conditions)
 
 
+def stage_data(preset: Preset, kind: str):
+    """The training and validation records of ``kind`` (``pt``, ``sft``, ``preference``, ``prompts``) from the
+    sources in ``preset.data`` (``medgpt_utils.sources``); prints what each source gave."""
+    from .sources import load_stage_data
+
+    knobs = preset.data
+    check_data_sources(preset)
+    loaded = load_stage_data({"pt": "pretraining"}.get(kind, kind), getattr(knobs, kind), getattr(knobs, f"{kind}_validation"),
+                             knobs.validation_percent, preset.seed, knobs.on_error, preset.conditions, setting=f"data.{kind}")
+    if not loaded.uses_bundled or len(loaded.reports) > 1:  # the default says nothing new; the user's data always reports
+        print(f"data.{kind}:\n  " + loaded.summary().replace("\n", "\n  "))
+    return loaded
+
+
+def check_data_sources(preset: Preset) -> None:
+    """Every ``data.*`` source of the preset can be found (``sources.check_sources``): checked before a stage
+    builds the stages it starts from, so a mistyped path costs seconds, not a pretraining run."""
+    from .sources import check_sources
+
+    for kind in ("pt", "sft", "preference", "prompts"):
+        for setting in (kind, f"{kind}_validation"):
+            spec = getattr(preset.data, setting)
+            if setting == kind or spec.strip():
+                check_sources(spec, f"data.{setting}")
+
+
+def data_report(loaded) -> list[dict]:
+    """What each source gave (``sources.SourceReport``), for a stage's ``metrics.json``."""
+    import dataclasses
+
+    return [dataclasses.asdict(r) for r in loaded.reports]
+
+
+def as_dataset(rows: list[dict], columns: list[str] | None = None):
+    """Records as a ``datasets.Dataset`` (``columns``: only these, in this order)."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(rows)
+    return dataset.select_columns(columns) if columns else dataset
+
+
 def seed_stage(preset: Preset, seed: int | None = None) -> None:
     """Seed Python, NumPy and torch before a stage builds anything random (LoRA and head init,
     data order), so a stage gives the same numbers in a notebook, in ``medgpt`` and in CI

@@ -135,6 +135,6 @@ def test_sampled_pairs_are_built_once_and_rebuilt_when_the_sft_model_changes(out
     pair_module.load_pairs(override(tiny, {"preference.pair_samples_per_prompt": 5}), "sampled", None, None, None, None, {})
     assert calls[-1] == 5
     written = data.load_bundled("preference/train.jsonl", conditions=tiny.conditions)
-    assert len(pair_module.load_pairs(tiny, "bundled", None, None, None, None, {})) == len(written) < 1176
+    assert len(pair_module.load_pairs(tiny, "data", None, None, None, None, {})) == len(written) < 1176
     with pytest.raises(ValueError, match="one of"):
         pair_module.load_pairs(tiny, "written", None, None, None, None, {})

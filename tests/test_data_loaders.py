@@ -302,7 +302,7 @@ def test_empty_file_is_skipped_next_to_good_ones(tmp_path):
 
 def test_folder_without_data_files_is_a_clear_error(tmp_path):
     (tmp_path / "README.md").write_text("# notes\n")
-    with pytest.raises(DataFormatError, match=r"folder has no data files \(\.txt, \.json, \.jsonl\)") as info:
+    with pytest.raises(DataFormatError, match=r"folder has no data files \(\.txt, \.json, \.jsonl, \.parquet\)") as info:
         load_sft(tmp_path)
     assert info.value.path == str(tmp_path)
 

@@ -173,6 +173,17 @@ def test_rule_rewards_score_red_flags_and_wrong_conditions_only():
     assert rule_rewards(answers, rows, urgent_care_weight=0.0, wrong_condition_weight=0.0) == [0.0] * 5
 
 
+def test_key_fact_rule_rewards_the_share_of_the_asked_about_facts_and_skips_red_flags():
+    from medgpt_utils.evaluation import key_fact_rule_scores, rule_rewards
+
+    rows = [{"red_flag": False, "lang": "en", "condition": "gout", "key_facts": ["big toe", "uric acid"]},
+            {"red_flag": True, "lang": "en", "condition": "stroke", "key_facts": ["emergency"]},
+            {"red_flag": False, "lang": "en", "condition": "gout", "key_facts": []}]
+    answers = ["Gout pain starts in the BIG TOE.", "Rest.", "Gout."]
+    assert key_fact_rule_scores(answers, [r["key_facts"] for r in rows], [r["red_flag"] for r in rows]) == [0.5, 0.0, 0.0]
+    assert rule_rewards(answers, rows, 1.0, 0.0, key_fact_weight=2.0) == [1.0, -1.0, 0.0]
+
+
 def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
     from medgpt_utils.stages import grpo
 
@@ -183,6 +194,10 @@ def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
     assert grpo.grpo_config(off, "/tmp/unused").reward_weights == [1.0, 1.0]
     completions = [[{"role": "assistant", "content": "Influenza causes fever."}]]
     assert grpo.wrong_condition_rule(None, completions, condition=["gout"], lang=["en"]) == [-1.0]
+    facts = override(off, {"rl.key_fact_reward": 0.5})
+    assert [f.__name__ for f, _ in grpo.rule_functions(facts)] == ["urgent_care_rule", "key_fact_rule"]
+    assert grpo.grpo_config(facts, "/tmp/unused").reward_weights == [1.0, 1.0, 0.5]
+    assert grpo.key_fact_rule(None, completions, key_facts=[["fever", "cough"]], red_flag=[False]) == [0.5]
 
 
 def test_whitening_can_be_switched_off(tiny_base, monkeypatch):

@@ -6,6 +6,7 @@ from medgpt_utils import data, models, scoring
 from medgpt_utils.evaluation import key_fact_recall, tokens_per_char
 from medgpt_utils.generation import answer, generate
 from medgpt_utils.presets import PRESETS
+from medgpt_utils.sources import BUNDLED
 from medgpt_utils.stages import pretrain, sft, vocab
 
 TINY = PRESETS["tiny"]
@@ -92,8 +93,8 @@ def test_sft_config_trains_on_assistant_tokens_in_fp32(tmp_path):
     assert not config.bf16 and not config.fp16
     train, held_out = sft.load_datasets(TINY)
     assert train.column_names == held_out.column_names == ["messages"]
-    every = sum(len(data.load_bundled(name)) for name in sft.TRAIN_FILES)
-    about_tiny = sum(len(data.load_bundled(name, conditions=TINY.conditions)) for name in sft.TRAIN_FILES)
+    every = sum(len(data.load_bundled(name)) for name in BUNDLED["sft"][0])
+    about_tiny = sum(len(data.load_bundled(name, conditions=TINY.conditions)) for name in BUNDLED["sft"][0])
     assert len(train) == about_tiny < every
 
 

@@ -8,6 +8,7 @@ urgent-care advice on red-flag cases, answers that end, and the KL to the SFT mo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .. import models
@@ -16,7 +17,8 @@ from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, seed_stage, stage_output, timed, peak_memory, build_if_stale
+from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, save_metrics, seed_stage, stage_data,
+                        stage_output, timed)
 from . import reward, sft
 
 
@@ -36,10 +38,27 @@ def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int | No
     return model, tokenizer
 
 
+@functools.lru_cache(maxsize=2)
+def _prompt_data(preset: Preset):
+    return stage_data(preset, "prompts")  # read once per preset: PPO and GRPO ask for both halves
+
+
+def training_prompts(preset: Preset):
+    """The RL prompts of ``data.prompts`` (bundled: with their condition, language, red flag and key facts)."""
+    return as_dataset(_prompt_data(preset).train)
+
+
+def prompt_data_report(preset: Preset) -> list[dict]:
+    """What each source of ``data.prompts`` gave, for ``metrics.json``."""
+    return data_report(_prompt_data(preset))
+
+
 def heldout_prompts(preset: Preset):
     """Every Nth held-out prompt (``rl.heldout_prompt_stride``): both languages, all kinds of question."""
-    prompts = bundled(preset, "prompts/heldout.jsonl")
-    return prompts.select(range(0, len(prompts), preset.rl.heldout_prompt_stride))
+    rows = _prompt_data(preset).validation
+    if not rows:
+        raise ValueError("data.prompts: no held-out prompts to judge on (give data.prompts_validation, or a data.validation_percent above 0)")
+    return as_dataset(rows[:: preset.rl.heldout_prompt_stride])
 
 
 def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
@@ -55,7 +74,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
     rows = heldout_prompts(preset)
     metrics = {"stage": stage, "preset": preset.name, "heldout_prompts": len(rows),
-               "parameters": models.count_parameters(policy)}
+               "parameters": models.count_parameters(policy), "data": prompt_data_report(preset)}
     with policy.disable_adapter(), timed(metrics, "judge_sft_seconds"):
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
 

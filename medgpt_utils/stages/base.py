@@ -13,7 +13,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import tokens_per_char
 from ..presets import Preset
-from ..training import bundled, save_metrics, stage_output, seed_stage
+from ..training import save_metrics, stage_output, seed_stage, stage_data
 
 STAGE = "base"
 
@@ -28,18 +28,18 @@ def run(preset: Preset) -> Path:
     with stage_output(preset, STAGE) as out:
         metrics = {"stage": STAGE, "preset": preset.name}
         if preset.base_model is None:
-            corpus = bundled(preset, "pretrain/train.jsonl")["text"]
+            pt_data = stage_data(preset, "pt")  # the tokenizer learns the text PT will train on
+            corpus = [r["text"] for r in pt_data.train]
             tokenizer = models.build_tiny_tokenizer(corpus, preset.tiny.vocab_size, preset.tiny.chinese_characters)
             model = models.build_tiny_model(tokenizer, preset.tiny, seed=preset.seed)
             model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
-            heldout = bundled(preset, "pretrain/heldout.jsonl")
             metrics.update(
                 model="tiny LLaMA built locally",
                 parameters=models.count_parameters(model)["total"],
                 vocab_size=len(tokenizer),
                 tokens_per_char={lang: round(tokens_per_char(tokenizer, texts), 4)
-                                 for lang, texts in data.split_by_language(heldout["text"]).items()},
+                                 for lang, texts in data.split_by_language([r["text"] for r in pt_data.validation]).items() if texts},
             )
         else:
             metrics.update(model=preset.base_model)

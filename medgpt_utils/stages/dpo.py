@@ -31,7 +31,7 @@ def dpo_config(preset: Preset, output_dir):
 
 
 def run(preset: Preset) -> Path:
-    """The DPO stage; its pairs come from ``preference.pair_source`` ("sampled" or "bundled")."""
+    """The DPO stage; its pairs come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
     from trl import DPOTrainer
 
     # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off

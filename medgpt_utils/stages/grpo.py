@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluation import urgent_care_rule_scores, wrong_condition_rule_scores
+from ..evaluation import key_fact_rule_scores, urgent_care_rule_scores, wrong_condition_rule_scores
 from ..presets import Preset
-from ..training import bundled, trainer_arguments
-from .alignment import train_and_judge
+from ..training import trainer_arguments
+from .alignment import train_and_judge, training_prompts
 
 STAGE = "grpo"
 
@@ -32,13 +32,27 @@ def wrong_condition_rule(prompts, completions, condition, lang, **_) -> list[flo
     return wrong_condition_rule_scores(texts, condition, lang)
 
 
-def rule_functions(preset: Preset) -> list[tuple]:
-    """(reward function, weight) for each rule switched on (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``)."""
-    rules = [(urgent_care_rule, preset.rl.urgent_care_reward), (wrong_condition_rule, preset.rl.wrong_condition_penalty)]
-    return [(f, w) for f, w in rules if w > 0]
+def key_fact_rule(prompts, completions, key_facts, red_flag, **_) -> list[float]:
+    """``evaluation.key_fact_rule_scores`` in TRL's reward-function signature."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return key_fact_rule_scores(texts, key_facts, red_flag)
 
 
-def grpo_config(preset: Preset, output_dir):
+# The prompt columns each rule reads (TRL passes a dataset's extra columns to reward functions by name).
+RULE_COLUMNS = {"urgent_care_rule": ("red_flag", "lang"), "wrong_condition_rule": ("condition", "lang"),
+                "key_fact_rule": ("key_facts", "red_flag")}
+
+
+def rule_functions(preset: Preset, columns=None) -> list[tuple]:
+    """(reward function, weight) for each rule switched on (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``,
+    ``rl.key_fact_reward``) whose columns the prompts have (``columns``; None: the bundled prompts, which have all)."""
+    rules = [(urgent_care_rule, preset.rl.urgent_care_reward), (wrong_condition_rule, preset.rl.wrong_condition_penalty),
+             (key_fact_rule, preset.rl.key_fact_reward)]
+    return [(f, w) for f, w in rules
+            if w > 0 and (columns is None or set(RULE_COLUMNS[f.__name__]) <= set(columns))]
+
+
+def grpo_config(preset: Preset, output_dir, columns=None):
     from trl import GRPOConfig
 
     knobs = preset.preference
@@ -47,7 +61,7 @@ def grpo_config(preset: Preset, output_dir):
         num_generations=knobs.grpo_num_generations, beta=knobs.grpo_beta, num_iterations=knobs.grpo_num_iterations,
         max_completion_length=preset.max_new_tokens,
         temperature=knobs.grpo_temperature, top_k=0, top_p=1.0,  # no top-k / top-p: the ratio needs the policy's own samples
-        reward_weights=[1.0] + [w for _, w in rule_functions(preset)],
+        reward_weights=[1.0] + [w for _, w in rule_functions(preset, columns)],
         log_completions=False,
     )
 
@@ -55,11 +69,13 @@ def grpo_config(preset: Preset, output_dir):
 def run(preset: Preset) -> Path:
     from trl import GRPOTrainer
 
-    prompts = bundled(preset, "prompts/train.jsonl").select_columns(["prompt", "red_flag", "lang", "condition"])
+    prompts = training_prompts(preset)
+    rule_columns = sorted({c for cols in RULE_COLUMNS.values() for c in cols} & set(prompts.column_names))
+    prompts = prompts.select_columns(["prompt"] + rule_columns)
 
     def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
-        config = grpo_config(preset, workdir)
-        funcs = [reward_model] + [f for f, _ in rule_functions(preset)]
+        config = grpo_config(preset, workdir, prompts.column_names)
+        funcs = [reward_model] + [f for f, _ in rule_functions(preset, prompts.column_names)]
         return GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=prompts,
                            processing_class=tokenizer,
                            reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))

@@ -26,7 +26,7 @@ def orpo_config(preset: Preset, output_dir):
 
 
 def run(preset: Preset) -> Path:
-    """The ORPO stage; its pairs come from ``preference.pair_source`` ("sampled" or "bundled")."""
+    """The ORPO stage; its pairs come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
     from trl.experimental.orpo import ORPOTrainer
 
     return pairs.train_on_pairs(preset, STAGE, ORPOTrainer, orpo_config)

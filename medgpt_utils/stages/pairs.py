@@ -1,6 +1,6 @@
-"""Preference pairs for DPO and ORPO: the bundled pairs, or the SFT model's own answers ranked by the reward model.
+"""Preference pairs for DPO and ORPO: the written pairs, or the SFT model's own answers ranked by the reward model.
 
-- ``"bundled"``: the written preference data (offline pairs). Its answers are not the SFT model's
+- ``"data"``: the pairs of ``data.preference`` (the bundled written pairs unless the user gives theirs; offline pairs). Its answers are not the SFT model's
   own, so a direct method pushes up texts the policy would rarely say (off-policy). Measured on the
   tiny preset, one epoch of DPO on them left the greedy answers almost unchanged (win rate 0.51).
 - ``"sampled"`` (the course default): for each RL training prompt the SFT model gives its greedy
@@ -25,11 +25,12 @@ from ..artifacts import output_root, stage_dir, write_json
 from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
-from ..training import bundled, is_main_process, timed
+from ..sources import local_files_signature
+from ..training import is_main_process, timed
 from . import reward, sft
-from .alignment import train_and_judge
+from .alignment import train_and_judge, training_prompts
 
-SOURCES = ("sampled", "bundled")
+SOURCES = ("sampled", "data")
 CACHE = "sampled_pairs"
 
 
@@ -107,7 +108,7 @@ def sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, prompts: li
 def sampling_rows(preset: Preset) -> list[dict]:
     """``preference.pair_prompts`` RL training prompts (with their condition, language and red flag), evenly
     spread (the file is ordered by condition, so the first N would cover only some conditions); 0 takes all."""
-    rows = list(bundled(preset, "prompts/train.jsonl"))
+    rows = list(training_prompts(preset))
     limit = preset.preference.pair_prompts
     if limit <= 0 or limit >= len(rows):
         return rows
@@ -122,7 +123,9 @@ def _cache_key(preset: Preset) -> dict:
             "samples": knobs.pair_samples_per_prompt, "prompts": knobs.pair_prompts,
             "temperature": knobs.pair_sample_temperature, "max_new_tokens": preset.max_new_tokens,
             "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.alignment_seed,
-            "urgent_care_reward": preset.rl.urgent_care_reward, "wrong_condition_penalty": preset.rl.wrong_condition_penalty}
+            "urgent_care_reward": preset.rl.urgent_care_reward, "wrong_condition_penalty": preset.rl.wrong_condition_penalty,
+            "key_fact_reward": preset.rl.key_fact_reward,
+            "prompt_data": [preset.data.prompts, local_files_signature(preset.data.prompts)]}
 
 
 def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, reward_tokenizer, metrics: dict):
@@ -132,7 +135,7 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
     if source not in SOURCES:
         raise ValueError(f"preference pairs must come from one of {SOURCES}, got {source!r}")
     metrics["pair_source"] = source
-    if source == "bundled":
+    if source == "data":
         return reward.training_pairs(preset)
     folder = output_root() / preset.name / CACHE
     key = _cache_key(preset)
@@ -146,7 +149,8 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
     knobs, rows = preset.preference, sampling_rows(preset)
 
     def rules(indices, answers):  # the rule rewards PPO and GRPO add to the reward model's score
-        return rule_rewards(answers, [rows[i] for i in indices], preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty)
+        return rule_rewards(answers, [rows[i] for i in indices], preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty,
+                            preset.rl.key_fact_reward)
 
     with timed(metrics, "pair_sampling_seconds"):
         pairs, summary = sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, [r["prompt"] for r in rows],

@@ -26,8 +26,8 @@ from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..presets import Preset, field_value
-from ..training import bundled, is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
-from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer
+from ..training import is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
+from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, training_prompts
 
 STAGE = "ppo"
 
@@ -95,7 +95,7 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
     config = ppo_config(preset)
 
-    train_rows = bundled(preset, "prompts/train.jsonl")
+    train_rows = training_prompts(preset)
     row_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows))
 
     def reward_fn(prompt_texts, batch, answers):
@@ -103,12 +103,14 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
         rows_ = [row_by_text[t] for t in prompt_texts]
         conversations = [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows_, answers)]
         scores = torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
-        return scores + torch.tensor(rule_rewards(answers, rows_, preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty))
+        return scores + torch.tensor(rule_rewards(answers, rows_, preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty,
+                                                         preset.rl.key_fact_reward))
 
     loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
     rows = heldout_prompts(preset)
     metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(config), "steps": steps,
-               "heldout_prompts": len(rows), "parameters": models.count_parameters(policy)}
+               "heldout_prompts": len(rows), "parameters": models.count_parameters(policy),
+               "data": prompt_data_report(preset)}
     with policy.disable_adapter():
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
 

@@ -16,7 +16,7 @@ from ..artifacts import stage_dir
 from ..data import pack_texts
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale, stage_data, data_report
 from . import base
 
 STAGE = "pt"
@@ -41,17 +41,21 @@ def run(preset: Preset) -> Path:
         build_if_stale(preset, base)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base.model_path(preset), preset.trust_remote_code)
-    train_texts = bundled(preset, "pretrain/train.jsonl")["text"]
-    heldout_texts = bundled(preset, "pretrain/heldout.jsonl")["text"]
+    texts = stage_data(preset, "pt")
+    train_texts, heldout_texts = [r["text"] for r in texts.train], [r["text"] for r in texts.validation]
+    if not heldout_texts:
+        raise ValueError("data.pt: no validation text (give data.pt_validation, or a data.validation_percent above 0)")
     blocks = pack_texts(train_texts, tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
     model = load_start_model(preset)
-    metrics = {"stage": STAGE, "preset": preset.name, "train_blocks": len(blocks), "block_size": preset.block_size}
+    metrics = {"stage": STAGE, "preset": preset.name, "train_blocks": len(blocks), "block_size": preset.block_size,
+               "data": data_report(texts)}
     metrics["parameters"] = models.count_parameters(model)
     metrics["heldout_loss_before"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
-    cloze = cloze_items(preset)
-    metrics["cloze_before"] = cloze_accuracy(model, tokenizer, cloze)
+    cloze = cloze_items(preset) if texts.uses_bundled else None  # the knowledge base's openings: only with its text
+    if cloze is not None:
+        metrics["cloze_before"] = cloze_accuracy(model, tokenizer, cloze)
 
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer")
@@ -59,7 +63,8 @@ def run(preset: Preset) -> Path:
         with timed(metrics, "train_seconds"):
             result = trainer.train()
         metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
-        metrics["cloze_after"] = cloze_accuracy(model, tokenizer, cloze)
+        if cloze is not None:
+            metrics["cloze_after"] = cloze_accuracy(model, tokenizer, cloze)
         metrics["train_tokens"] = result.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * preset.block_size
         metrics["tokens_per_second"] = round(metrics["train_tokens"] / max(metrics["train_seconds"], 1e-9), 1)
         for key in ("before", "after"):

@@ -15,17 +15,18 @@ from .. import models
 from ..scoring import pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage, stage_data,
+                        stage_output, timed, trainer_arguments)
 from . import sft
 
 STAGE = "rm"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
-def training_pairs(preset: Preset):
-    """The bundled training pairs in TRL's conversational preference format (the reward model reads them;
-    DPO and ORPO do with ``preference.pair_source="bundled"``)."""
-    return bundled(preset, "preference/train.jsonl").select_columns(PAIR_COLUMNS)
+def training_pairs(preset: Preset, loaded=None):
+    """The training pairs of ``data.preference`` in TRL's conversational preference format (the reward model
+    reads them; DPO and ORPO do with ``preference.pair_source="data"``)."""
+    return as_dataset((loaded or stage_data(preset, "preference")).train, PAIR_COLUMNS)
 
 
 def start_model_path(preset: Preset) -> Path | str:
@@ -42,10 +43,13 @@ def run(preset: Preset) -> Path:
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
-    train_pairs = training_pairs(preset)
-    heldout_pairs = bundled(preset, "preference/heldout.jsonl")
+    pairs = stage_data(preset, "preference")
+    if not pairs.validation:
+        raise ValueError("data.preference: no validation pairs (give data.preference_validation, or a data.validation_percent above 0)")
+    train_pairs, heldout_pairs = training_pairs(preset, pairs), as_dataset(pairs.validation)
     model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
-    metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model)}
+    metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model),
+               "data": data_report(pairs)}
     before = pairwise_accuracy(model, tokenizer, heldout_pairs)
     metrics.update(accuracy_before=before["accuracy"])
 

@@ -16,12 +16,11 @@ from .. import models
 from ..artifacts import stage_dir
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import (as_dataset, bundled, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage,
+                        stage_data, stage_output, timed, trainer_arguments)
 from . import pretrain
 
 STAGE = "sft"
-TRAIN_FILES = ("sft/train_single.jsonl", "sft/train_multi.jsonl")
-EVAL_FILE = "sft/valid.jsonl"
 
 
 def start_model_path(preset: Preset) -> Path:
@@ -30,13 +29,12 @@ def start_model_path(preset: Preset) -> Path:
     return stage_dir(preset.name, pretrain.STAGE)
 
 
-def load_datasets(preset: Preset):
-    """Training dialogues and held-out dialogues, as TRL conversational ``messages``."""
-    from datasets import concatenate_datasets
-
-    train = concatenate_datasets([bundled(preset, name).select_columns(["messages"]) for name in TRAIN_FILES])
-    held_out = bundled(preset, EVAL_FILE).select_columns(["messages"])
-    return train, held_out
+def load_datasets(preset: Preset, loaded=None):
+    """Training and held-out dialogues of ``data.sft`` (``loaded``: already read), as TRL conversational ``messages``."""
+    loaded = loaded or stage_data(preset, "sft")
+    if not loaded.validation:
+        raise ValueError("data.sft: no validation dialogues (give data.sft_validation, or a data.validation_percent above 0)")
+    return as_dataset(loaded.train, ["messages"]), as_dataset(loaded.validation, ["messages"])
 
 
 def heldout_questions(preset: Preset):
@@ -91,11 +89,16 @@ def run(preset: Preset) -> Path:
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
-    train_set, eval_set = load_datasets(preset)
+    dialogues = stage_data(preset, "sft")
+    train_set, eval_set = load_datasets(preset, dialogues)
     model = models.load_trainable(preset, base_path, STAGE)
-    metrics = {"stage": STAGE, "preset": preset.name, "train_dialogues": len(train_set), "parameters": models.count_parameters(model)}
-    before = knowledge(model, tokenizer, preset)
-    metrics["recall_before"] = before["heldout"]["recall"]
+    metrics = {"stage": STAGE, "preset": preset.name, "train_dialogues": len(train_set), "parameters": models.count_parameters(model),
+               "data": data_report(dialogues)}
+    # The knowledge base's questions measure what its dialogues teach: with the user's data alone, the held-out loss does.
+    measure_knowledge = dialogues.uses_bundled
+    before = knowledge(model, tokenizer, preset) if measure_knowledge else None
+    if before:
+        metrics["recall_before"] = before["heldout"]["recall"]
 
     with stage_output(preset, STAGE) as out:
         trainer = SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
@@ -106,10 +109,12 @@ def run(preset: Preset) -> Path:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
         epochs = result.metrics.get("epoch", preset.sft.epochs)
         metrics["real_tokens_per_second"] = round(real_tokens(trainer) * epochs / metrics["train_seconds"], 1)
-        after = knowledge(model, tokenizer, preset)
-        metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
-                       ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
-                       heldout_questions=after["heldout"]["n"], loss_history=loss_history(trainer))
+        metrics["loss_history"] = loss_history(trainer)
+        if measure_knowledge:
+            after = knowledge(model, tokenizer, preset)
+            metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
+                           ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
+                           heldout_questions=after["heldout"]["n"])
         if is_main_process():
             shutil.rmtree(out / "trainer", ignore_errors=True)
             models.save_trained(preset, STAGE, model, tokenizer, base_path, out)

@@ -18,7 +18,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import stage_data, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import pretrain
 
 STAGE = "vocab"
@@ -72,7 +72,8 @@ def run(preset: Preset) -> Path:
     start = stage_dir(preset.name, pretrain.STAGE)
     tokenizer = models.load_tokenizer(start, preset.trust_remote_code)
     model = models.load_for_preset(preset, start)
-    heldout = data.split_by_language(bundled(preset, "pretrain/heldout.jsonl")["text"])
+    texts = stage_data(preset, "pt")
+    heldout = data.split_by_language([r["text"] for r in texts.validation])
     metrics = {"stage": STAGE, "preset": preset.name, "vocab_before": len(tokenizer)}
     metrics["tokens_per_char_before"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
     all_heldout = heldout["en"] + heldout["zh"]
@@ -93,7 +94,7 @@ def run(preset: Preset) -> Path:
         config = models.lora_config_for(preset)
         config.trainable_token_indices = {"embed_tokens": new_ids}
         model = get_peft_model(model, config)
-    blocks = data.pack_texts(bundled(preset, "pretrain/train.jsonl")["text"], tokenizer, preset.block_size)
+    blocks = data.pack_texts([r["text"] for r in texts.train], tokenizer, preset.block_size)
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=preset.vocab.train_steps, logging_steps=5)
