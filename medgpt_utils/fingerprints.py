@@ -49,7 +49,7 @@ def _data_setting(name: str, value):
     trained on a file that has changed since counts as stale."""
     from .sources import local_files_signature
 
-    is_source = name.startswith("data.") and isinstance(value, str) and value.strip() not in ("", "bundled")
+    is_source = name.startswith("data.") and name != "data.on_error" and isinstance(value, str) and value.strip() not in ("", "bundled")
     return {"sources": value, "files": local_files_signature(value)} if is_source else _jsonable(value)
 
 

@@ -11,7 +11,9 @@ A stage reads one *kind* of data (``pretraining`` text, ``sft`` dialogues, ``pre
 
 Options after ``?`` (joined by ``&``): ``weight`` (records taken x weight: 0.3 keeps a seeded 30%, 2 repeats
 each twice), ``max_samples`` (the first N records read), and for hub datasets ``config``, ``split``
-(default train), ``revision`` and ``streaming`` (true: read only the records taken, without downloading the set).
+(default train), ``revision``, ``streaming`` (true: read only the records taken, without downloading the set) and
+``data_files`` (files of a repository read by a packaged builder, for sets that still ship a loading script, which
+``datasets`` no longer runs: ``hub:json?data_files=hf://datasets/shibing624/medical/finetune/train_en_1.json``).
 
 Validation data is given as sources too, or carved from each non-bundled training source with a fixed seed
 (``validation_percent``); the bundled sources bring their own held-out files. Every source reports how many
@@ -37,7 +39,8 @@ BUNDLED = {
     "prompts": (("prompts/train.jsonl",), "prompts/heldout.jsonl"),
 }
 HUB_PREFIX = "hub:"
-_OPTIONS = {"weight": float, "max_samples": int, "config": str, "split": str, "revision": str, "streaming": bool}
+_OPTIONS = {"weight": float, "max_samples": int, "config": str, "split": str, "revision": str, "streaming": bool,
+            "data_files": str}
 
 
 class DataSourceError(ValueError):
@@ -59,6 +62,7 @@ class Source:
     split: str = "train"
     revision: str | None = None
     streaming: bool = False
+    data_files: str | None = None
 
     @property
     def kind(self) -> str:
@@ -74,7 +78,7 @@ class Source:
         """How reports and errors name the source."""
         if self.kind != "hub":
             return self.location
-        extra = "/".join(x for x in (self.config, self.split) if x)
+        extra = "/".join(x for x in (self.data_files, self.config, self.split) if x)
         return f"{self.location}[{extra}]"
 
 
@@ -172,7 +176,7 @@ def _hub_rows(source: Source):
     dataset_id = source.location[len(HUB_PREFIX):]
     try:
         rows = datasets.load_dataset(dataset_id, name=source.config, split=source.split, revision=source.revision,
-                                     streaming=source.streaming)
+                                     streaming=source.streaming, data_files=source.data_files)
     except Exception as err:  # offline, unknown id, unknown config: datasets raises many types
         raise DataSourceError(source.name, f"could not load from the Hugging Face Hub ({type(err).__name__}: {err}). "
                                            "Without network, download it where there is network, save it with "

@@ -143,11 +143,16 @@ def test_a_hub_source_reaches_load_dataset_with_its_options(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     loaded = load_stage_data("sft", "hub:shibing624/medical?config=finetune&max_samples=20&revision=r1", validation_percent=10)
-    assert calls == [("shibing624/medical", {"name": "finetune", "split": "train", "revision": "r1", "streaming": False})]
+    assert calls == [("shibing624/medical", {"name": "finetune", "split": "train", "revision": "r1", "streaming": False,
+                                              "data_files": None})]
     assert (loaded.reports[0].read, len(loaded.train), len(loaded.validation)) == (20, 18, 2)
     streamed = load_stage_data("prompts", "hub:org/grpo-set?split=validation&streaming=1&max_samples=5", validation_percent=0)
     assert calls[-1][1]["streaming"] is True and calls[-1][1]["split"] == "validation" and len(streamed.train) == 5
     assert streamed.train[0]["answer"] == "a0."  # a reference answer stays a column (for a rule reward)
+    # a set that still ships a loading script: its files, read by the packaged json builder
+    files = "hf://datasets/shibing624/medical/finetune/train_en_1.json"
+    load_stage_data("sft", f"hub:json?data_files={files}&max_samples=3", validation_percent=0)
+    assert calls[-1] == ("json", {"name": None, "split": "train", "revision": None, "streaming": False, "data_files": files})
 
 
 def test_a_hub_source_without_network_is_one_clear_error():
@@ -232,3 +237,17 @@ def test_every_stage_trains_on_the_users_files(user_files, outputs, capsys):
         assert 0 <= aligned["win_rate"] <= 1
     assert metrics("dpo")["pair_source"] == "data"
     assert len(metrics("ppo")["history"]) == 1
+
+
+def test_a_changed_data_file_changes_the_fingerprint_of_the_stages_that_read_it(tmp_path):
+    from medgpt_utils.fingerprints import stage_fingerprint, stage_settings
+    from medgpt_utils.presets import override
+
+    mine = _write_jsonl(tmp_path / "mine.jsonl", [{"question": "q?", "answer": "a."}])
+    preset = override(TINY, {"data.sft": str(mine)})
+    before = {stage: stage_fingerprint(preset, stage) for stage in ("pt", "sft", "rm")}
+    assert stage_settings(preset, "sft")["data.sft"]["files"][0][0] == str(mine)
+    assert stage_settings(preset, "sft")["data.on_error"] == "skip"  # an option, not a source
+    _write_jsonl(mine, [{"question": "q?", "answer": "a longer answer."}])
+    after = {stage: stage_fingerprint(preset, stage) for stage in ("pt", "sft", "rm")}
+    assert after["pt"] == before["pt"] and after["sft"] != before["sft"] and after["rm"] != before["rm"]
