@@ -421,7 +421,110 @@ def build(out: Path) -> dict[str, int]:
 def data_card(counts: dict[str, int], stats: dict) -> str:
     rows = "\n".join(f"| `{name}` | {n} |" for name, n in counts.items())
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected_kinds"].items()))
-    return CARD.format(rows=rows, kinds=kinds, **{k: v for k, v in stats.items() if k != "rejected_kinds"})
+    return CARD.format(rows=rows, kinds=kinds, own_data=OWN_DATA, **{k: v for k, v in stats.items() if k != "rejected_kinds"})
+
+
+# How to train on other data than this (medgpt_utils/sources.py): not formatted, so its JSON braces stay as written.
+OWN_DATA = r"""## Your own data
+
+Every stage reads its data from the preset's `data` settings (`medgpt_utils/sources.py`); `bundled`, the
+files above, is the default. Set them with `--set data.sft=...` (any command), `--data ...` (a stage command:
+its own kind), or `override(preset, {"data.sft": ...})` in a notebook:
+
+| setting | read by | one record per line or row, in any of these layouts |
+|---|---|---|
+| `data.pt` | base (the tiny tokenizer), PT, vocab | `text` |
+| `data.sft` | SFT | Alpaca, ShareGPT, OpenAI `messages`, `question`/`answer` |
+| `data.preference` | the reward model; DPO/ORPO with `preference.pair_source=data` | MedicalGPT, `question`/`response_chosen`/`response_rejected`, TRL `prompt`/`chosen`/`rejected` |
+| `data.prompts` | PPO, GRPO, the sampled DPO/ORPO pairs | TRL prompt-only `prompt`, `conversations`/`messages` ending with a user turn, Alpaca `instruction`, `question` |
+
+A source is a file, a folder (every `.jsonl`, `.json`, `.txt` and `.parquet` inside, recursively; hidden
+folders such as `.ipynb_checkpoints` are left out), a folder written by `Dataset.save_to_disk`, or
+`hub:<dataset id>`. Several are joined by commas, and options follow a `?`, joined by `&`:
+
+- `weight=0.3`: take 30% of the source's records (seeded); `weight=2` takes each twice;
+- `max_samples=N`: only the first N records;
+- hub datasets: `config=`, `split=` (default `train`), `revision=`, `streaming=true` (read only the records
+  taken, without downloading the whole set), `data_files=` (see the MedicalGPT example below).
+
+Validation data: `data.pt_validation`, `data.sft_validation`, `data.preference_validation` and
+`data.prompts_validation` take sources the same way. Left empty, a bundled source brings its own held-out
+file and every other source gives `data.validation_percent` (5) of its records, chosen with the preset's
+seed before any weighting, so no record is in both.
+
+### One example record per layout
+
+```jsonl
+{"text": "Gout is a form of arthritis caused by uric acid crystals in a joint."}
+{"instruction": "What causes gout?", "input": "", "output": "Uric acid crystals in a joint.", "system": "", "history": []}
+{"conversations": [{"from": "human", "value": "What causes gout?"}, {"from": "gpt", "value": "Uric acid crystals in a joint."}]}
+{"messages": [{"role": "user", "content": "What causes gout?"}, {"role": "assistant", "content": "Uric acid crystals in a joint."}]}
+{"question": "What causes gout?", "answer": "Uric acid crystals in a joint."}
+{"conversations": [{"from": "human", "value": "What causes gout?"}], "chosen": "Uric acid crystals in a joint.", "rejected": "Bad luck."}
+{"question": "What causes gout?", "response_chosen": "Uric acid crystals in a joint.", "response_rejected": "Bad luck."}
+{"prompt": [{"role": "user", "content": "What causes gout?"}], "chosen": [{"role": "assistant", "content": "Uric acid crystals."}], "rejected": [{"role": "assistant", "content": "Bad luck."}]}
+{"prompt": "What causes gout?"}
+```
+
+The first line is pretraining text (a `.txt` file may hold one document per line instead, and a parquet
+file a `text` column). The next four are SFT dialogues: Alpaca, ShareGPT, OpenAI messages, and
+MedicalGPT's QA/GRPO layout. Then three preference pairs (MedicalGPT, its reward-data layout, TRL's), and
+an RL prompt in TRL's prompt-only format; any SFT layout without its last answer is a prompt too. Columns
+other than these are kept (a prompt's `answer` reaches GRPO's reward functions by name).
+
+### What each stage reports, and the errors you may meet
+
+Every stage prints one line per source, e.g. `my_dialogues: read 7, kept 5, skipped 2 (broken JSON: 1,
+tool-call turns are not supported: 1) -> train 4, validation 1`, and keeps it in its `metrics.json` under
+`data`. With `data.on_error=skip` (the default) a bad record is skipped and counted by reason; with `raise`
+the first one stops the run. A source that cannot be used at all always stops the run with one line naming it:
+
+| message (after the source's name) | what it means |
+|---|---|
+| `no such file or folder` | the path is wrong; the command checks every `data.*` path before it builds anything |
+| `unsupported file type '.csv'` | only `.jsonl`, `.json`, `.txt` and `.parquet` are read |
+| `folder has no data files (...)` | the folder holds none of those |
+| `no usable records (... skipped N (reason: N))` | every record failed, e.g. `unknown SFT format` when the layout is none of the above, or `file is empty` |
+| `file:12: broken JSON: ...` | line 12 is not JSON (with `skip`: counted and left out) |
+| `file:3: turns out of order: ...` | a dialogue must alternate user and assistant turns and end with the assistant (a prompt: with the user) |
+| `tool-call turns are not supported` | ShareGPT `function_call` / `observation` turns: the chat templates here have no tool roles, so the dialogue is skipped |
+| `could not load from the Hugging Face Hub (...)` | no network, an unknown id or config; download it where there is network and give the folder instead |
+| `no split 'dev' (splits: train, test)` | a saved `DatasetDict` has no such split (`?split=`) |
+
+With data of your own, the knowledge-base measures (key-fact recall, urgent care on red flags, wrong
+condition, non-words, the PT cloze) are computed only when `bundled` is among a stage's sources: they ask
+about the bundled conditions. What remains is what any data allows: held-out loss and perplexity (PT, SFT),
+pairwise accuracy on held-out pairs (the reward model), and the reward-score gain, win rate and KL of each
+aligned model against SFT on held-out prompts.
+
+### Worked example: MedicalGPT's data
+
+[`shibing624/medical`](https://huggingface.co/datasets/shibing624/medical) has three parts: `pretrain`
+(`text`, e.g. `pretrain/train_encyclopedia.json`), `finetune` (Alpaca `instruction`/`input`/`output`:
+`finetune/train_zh_0.json`, `finetune/train_en_1.json`, and their `valid_*` files) and `reward`
+(`question`/`response_chosen`/`response_rejected`: `reward/train.json`, `reward/valid.json`). The set still
+ships a loading script, which `datasets` no longer runs, so name its files for the packaged `json` reader:
+
+```bash
+M=hf://datasets/shibing624/medical
+medgpt pt  --preset colab-t4 --data "hub:json?data_files=$M/pretrain/train_encyclopedia.json&streaming=true&max_samples=50000"
+medgpt sft --preset colab-t4 --data "hub:json?data_files=$M/finetune/train_en_1.json&streaming=true&max_samples=20000" \
+           --validation-data "hub:json?data_files=$M/finetune/valid_en_1.json"
+medgpt rm  --preset colab-t4 --data "hub:json?data_files=$M/reward/train.json" --validation-data "hub:json?data_files=$M/reward/valid.json"
+```
+
+(Each command builds the stages before it that are missing or made with other settings, so give every
+`--set data.*=...` you use to each command, or run them all at once with `medgpt run --set ...`.)
+
+How much general data to mix in: medical data alone makes a model forget how to chat about anything else.
+The advice on record, which this course has not measured: MedicalGPT's author answers that reward-model
+data needs general preference pairs mixed in, about 10 general to 1 medical (MedicalGPT issue 409), and
+that a small domain SFT set (1,000 dialogues) should be merged with a general one such as
+`shibing624/sharegpt_gpt4` (issue 203); HuatuoGPT-II mixed ShareGPT's general instructions into its medical
+SFT data (HuatuoGPT-II issue 21). With sources that is one setting, e.g.
+`--set "data.sft=my_medical/,hub:shibing624/sharegpt_gpt4?max_samples=20000"`.
+
+"""
 
 
 CARD = """# Data card: the bundled MedicalGPT Course data
@@ -500,7 +603,7 @@ evaluates on {tiny_count} of them (`medgpt_utils/presets.py`, `TINY_CONDITIONS`)
 Every stage keeps only the records whose `condition` is one of them, and reports how many it kept.
 The GPU presets use all {conditions}.
 
-## License
+{own_data}## License
 
 Written for this project and released with it under the Apache License 2.0.
 """
