@@ -1,4 +1,5 @@
-"""What every notebook does first: the Colab install cell, then versions, hardware and preset."""
+"""What every notebook does first: the Colab install cell, then versions, hardware and preset; the
+repository address that the cells, the badges and pyproject.toml share."""
 
 from __future__ import annotations
 
@@ -6,19 +7,51 @@ import platform
 
 from .presets import Preset, get_preset
 
+# The one place that holds the repository's address: the setup cells, the badges and pyproject.toml's
+# Repository URL are written from it (tests/test_colab.py checks each). A fork sets MEDGPT_REPO_URL in Colab
+# before running the setup cell, or rewrites the notebooks with ``python -m medgpt_utils.notebook --repo URL``.
 REPO_URL = "https://github.com/medgpt-course/medgpt-course"
+BRANCH = "main"
+REPO_ENV = "MEDGPT_REPO_URL"
+COLAB_HOME_ENV = "MEDGPT_COLAB_HOME"  # where Colab keeps the clone (a test points it at a temporary folder)
 
-# The first code cell of every notebook, character for character (tests/test_versions.py checks
-# it). It installs only inside Colab, and installs the project itself, so the pinned versions
-# come from pyproject.toml and nowhere else; Colab's own CUDA torch satisfies "torch>=2.4".
-COLAB_SETUP_CELL = f'''# Setup: runs only in Colab (locally, install once with the README's command).
+
+def colab_setup_cell(repo_url: str = REPO_URL) -> str:
+    """The first code cell of every notebook, character for character (tests/test_colab.py runs it in a
+    stand-in Colab). It installs only inside Colab: the project itself with its core dependencies, so the
+    pinned versions come from pyproject.toml alone and Colab keeps its own torch, ipywidgets and matplotlib."""
+    return f'''# Setup: runs only in Colab (locally, install once with the README's command).
 import os, subprocess, sys
-if "google.colab" in sys.modules and not os.path.exists("/content/medgpt-course"):
-    subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", "/content/medgpt-course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/medgpt-course"], check=True)
+REPO = os.environ.get("{REPO_ENV}", "{repo_url}")  # your fork: set {REPO_ENV} first
+HOME = os.environ.get("{COLAB_HOME_ENV}", "/content/medgpt-course")
+if "google.colab" in sys.modules and not os.path.exists(HOME):
+    if subprocess.run(["git", "clone", "--depth", "1", REPO, HOME]).returncode != 0:
+        raise SystemExit(f"Could not clone {{REPO}}. Set os.environ['{REPO_ENV}'] to the course's repository and rerun.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", HOME], check=True)
 if "google.colab" in sys.modules:
-    sys.path.insert(0, "/content/medgpt-course")
-    os.chdir("/content/medgpt-course/notebooks")'''
+    sys.path.insert(0, HOME)
+    os.chdir(os.path.join(HOME, "notebooks"))
+    # Keep outputs/ across sessions on Google Drive (optional):
+    # from google.colab import drive; drive.mount("/content/drive")
+    # os.environ["MEDGPT_OUTPUT_DIR"] = "/content/drive/MyDrive/medgpt-outputs"'''
+
+
+COLAB_SETUP_CELL = colab_setup_cell()
+
+
+def colab_badge_url(notebook: str, repo_url: str = REPO_URL, branch: str = BRANCH) -> str:
+    """Colab's address for a notebook on GitHub: colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<path>."""
+    owner_repo = repo_url.removeprefix("https://github.com/").strip("/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/notebooks/{notebook}"
+
+
+def colab_badge(notebook: str, repo_url: str = REPO_URL) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_badge_url(notebook, repo_url)})"
+
+
+# Notebook metadata that makes Colab open a notebook on a T4 GPU runtime instead of a CPU one.
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"provenance": [], "gpuType": "T4"}}
+
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
 
@@ -48,3 +81,38 @@ def setup(preset_name: str | None = None, overrides: dict | None = None) -> Pres
     preset = get_preset(preset_name, overrides)
     print(f"{'settings':>14}: {preset.describe()}")
     return preset
+
+
+def write_colab_parts(notebooks_dir, repo_url: str = REPO_URL) -> list[str]:
+    """Rewrite every notebook's badge, setup cell and Colab metadata for ``repo_url`` (a fork); returns the
+    notebooks changed. Outputs stay cleared: only those three parts are touched."""
+    import json
+    import re
+    from pathlib import Path
+
+    changed = []
+    for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
+        book = json.loads(path.read_text(encoding="utf-8"))
+        before = json.dumps(book, sort_keys=True)
+        first_md = next(c for c in book["cells"] if c["cell_type"] == "markdown")
+        text = re.sub(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)", colab_badge(path.name, repo_url).replace("\\", "\\\\"),
+                      "".join(first_md["source"]))
+        first_md["source"] = text.splitlines(True)
+        first_code = next(c for c in book["cells"] if c["cell_type"] == "code")
+        first_code["source"] = colab_setup_cell(repo_url).splitlines(True)
+        book["metadata"].update(json.loads(json.dumps(COLAB_METADATA)))
+        if json.dumps(book, sort_keys=True) != before:
+            path.write_text(json.dumps(book, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path.name)
+    return changed
+
+
+if __name__ == "__main__":
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Write the Colab badge, setup cell and GPU metadata into every notebook.")
+    parser.add_argument("--repo", default=REPO_URL, help="the repository's GitHub address (a fork's)")
+    args = parser.parse_args()
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    print("changed:", ", ".join(write_colab_parts(folder, args.repo)) or "nothing")

@@ -339,6 +339,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Training seconds of each stage as last measured, per preset: what a notebook says before it builds a missing
+# earlier stage. Tiny: `medgpt run --preset tiny` in a clean clone, 2-core x86_64 CPU, 2026-11-25 (train_seconds
+# of each metrics.json). GPU presets: not measured yet (no GPU was available to this project so far).
+MEASURED_TRAIN_SECONDS = {
+    "tiny": {"base": 0, "pt": 142, "sft": 171, "rm": 63, "ppo": 55, "dpo": 41, "orpo": 6, "grpo": 69},
+}
+
+
 def detect_preset_name() -> tuple[str, str]:
     """Pick a preset for this machine; returns (name, reason)."""
     try:

@@ -190,6 +190,21 @@ def save_metrics(folder: Path, metrics: dict, preset: Preset, stage: str) -> Non
 REUSE_STALE_ENV = "MEDGPT_REUSE_STALE"  # set by `medgpt run --reuse-stale`: keep stale inputs, with a warning
 
 
+def _expected_cost(preset: Preset, stage: str) -> str:
+    """What building ``stage`` cost: its last build here, else the preset's measured time, else that it is unknown."""
+    from .presets import MEASURED_TRAIN_SECONDS
+
+    saved = stage_dir(preset.name, stage) / METRICS_FILE
+    seconds = json.loads(saved.read_text(encoding="utf-8")).get("train_seconds") if saved.is_file() else None
+    if seconds is not None:
+        return f"; its last build trained for {seconds} s"
+    measured = MEASURED_TRAIN_SECONDS.get(preset.name, {}).get(stage)
+    if measured is not None:
+        return (f"; its training took about {measured / 60:.1f} min on the {preset.name} preset "
+                "(2-core CPU, 2026-11-25), plus evaluation")
+    return f"; its time on {preset.name} has not been measured"
+
+
 def build_if_stale(preset: Preset, stage_module) -> None:
     """Build an input stage first when it is missing or was made with other settings, saying why and
     what it cost last time; a current one is reused as it is."""
@@ -199,12 +214,7 @@ def build_if_stale(preset: Preset, stage_module) -> None:
     if os.environ.get(REUSE_STALE_ENV) and reason != "not built yet":  # medgpt run --reuse-stale
         print(f"[{stage_module.STAGE}] WARNING: reusing outputs {reason}", flush=True)
         return
-    cost = ""
-    saved = stage_dir(preset.name, stage_module.STAGE) / METRICS_FILE
-    if saved.is_file():
-        seconds = json.loads(saved.read_text(encoding="utf-8")).get("train_seconds")
-        cost = f"; its last build trained for {seconds} s" if seconds is not None else ""
-    print(f"[{stage_module.STAGE}] {reason}: building it first{cost}", flush=True)
+    print(f"[{stage_module.STAGE}] {reason}: building it first{_expected_cost(preset, stage_module.STAGE)}", flush=True)
     stage_module.run(preset)
 
 
