@@ -28,6 +28,13 @@ def _add_preset_options(parser: argparse.ArgumentParser) -> None:
                         help="override a preset field, e.g. --set pt.max_steps=20 --set lora_r=8 (repeatable)")
 
 
+def _add_dry_run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", choices=("small", "full"), dest="dry_run",
+                        help="a GPU preset's stages on local stand-in models of its architecture (random weights, nothing "
+                             "downloaded), a few steps each: small = scaled down (runs on a CPU), full = real shapes "
+                             "(on a GPU: peak memory and step time per stage in outputs/<preset>-dry-run-full/budget.md)")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     _add_preset_options(parser)
     parser.add_argument("--base_model", help="model folder or hub id (default: the newest finished stage of the preset)")
@@ -52,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage in order and write outputs/<preset>/report.md",
                          description="Run every stage in order, skipping finished ones unless --force, then write the report.")
     _add_preset_options(run)
+    _add_dry_run_option(run)
     run.add_argument("--force", action="store_true", help="re-run stages that already have outputs")
     run.add_argument("--reuse-stale", action="store_true",
                      help="keep finished stages made with other settings (warns) instead of rebuilding them")
@@ -59,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_preset_options(stage)
+        _add_dry_run_option(stage)
         kind = STAGE_DATA[name]
         stage.add_argument("--data", metavar="SOURCES",
                            help=f"this stage's {kind} data instead of the bundled files (sets data.{kind}): a file, a folder, "
@@ -155,6 +164,13 @@ def _main(argv: list[str] | None) -> int:
     from .training import check_data_sources
 
     check_data_sources(preset)  # a mistyped path fails here, before any stage builds its inputs
+    if getattr(args, "dry_run", None):
+        from . import dryrun
+
+        cap = dryrun.cap_gpu_memory(preset.name) if args.dry_run == "full" else None
+        preset = dryrun.stand_in(preset, args.dry_run)
+        print(f"[dry run] {preset.name}: stand-in models {preset.base_model}"
+              f"{f', GPU capped at {cap} GiB' if cap else ''}; {preset.describe()}")
     if args.command == "eval":
         from .compare import evaluate_stages
 
@@ -177,13 +193,25 @@ def _main(argv: list[str] | None) -> int:
         evaluate_stages(preset)
         report = write_report(preset, list(STAGES))
         print(f"Report written to {report}")
+        _write_dry_run_budget(args, preset)
         return 0
     print(f"[{args.command}] saved to {run_stage(args.command, preset)}")
+    _write_dry_run_budget(args, preset)
     from .training import is_main_process
 
     if is_main_process():  # under torchrun every rank gets here; one writes
         write_report(preset, list(STAGES))
     return 0
+
+
+def _write_dry_run_budget(args, preset) -> None:
+    """A dry run ends with its per-stage time and memory table."""
+    if getattr(args, "dry_run", None):
+        from .dryrun import write_budget
+        from .stages import ALL_STAGES
+
+        path = write_budget(preset, list(ALL_STAGES))
+        print(f"[dry run] per-stage time and memory: {path}\n{path.read_text(encoding='utf-8')}")
 
 
 def _chat_command(args, preset) -> int:

@@ -127,6 +127,20 @@ def _load_kwargs(quantization, compute_dtype, device, trust_remote_code):
     return kwargs
 
 
+def keep_4bit_layers_differentiable_on_cpu(model) -> int:
+    """On CPUs with AVX-512-BF16, bitsandbytes repacks a 4-bit layer's weights for a faster kernel the first
+    time it runs without gradients, and keeps that layout: the kernel has no backward pass, so training after
+    an evaluation would silently stop gradients at every 4-bit layer (and fail outright on layers with a bias,
+    as Qwen2's attention has). The course evaluates before it trains, so on the CPU it turns that repacking
+    off; GPUs are not affected. Returns the number of layers changed."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def load_causal_lm(
     path: str | Path,
     quantization: str | None = None,
@@ -142,6 +156,8 @@ def load_causal_lm(
     )
     if quantization in (None, "none"):
         model.to(device)
+    elif device == "cpu":
+        keep_4bit_layers_differentiable_on_cpu(model)
     return model
 
 
@@ -164,6 +180,8 @@ def load_reward_model(
         model.config.pad_token_id = pad_token_id
     if quantization in (None, "none"):
         model.to(device)
+    elif device == "cpu":
+        keep_4bit_layers_differentiable_on_cpu(model)
     return model
 
 

@@ -440,6 +440,9 @@ class PPOLoop:
                 vf_loss, vf_stats = value_loss(values, old_values[rows], returns[rows], mask, cfg.cliprange_value)
                 warming_up = self.step_count < cfg.value_warmup_steps  # the policy waits for a critic worth following
                 loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) / cfg.gradient_accumulation_steps
+                if not torch.isfinite(loss):  # stop rather than train on NaN (an fp16 overflow, a broken reward)
+                    raise FloatingPointError(f"PPO: the loss became {loss.item()} at step {self.step_count + 1} "
+                                             f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped")
                 loss.backward()
                 if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -53,6 +53,49 @@ def bundled(preset: Preset, name: str):
     return data.load_bundled(name, conditions=preset.conditions)
 
 
+def finite_loss_guard(stage: str):
+    """A Trainer callback that stops a run at the first logged loss that is not finite, with a clear message
+    (fp16 runs that overflow otherwise go on with loss 0 or NaN, as MedicalGPT's users report)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class FiniteLossGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{stage}: the training loss became {loss} at step {state.global_step}; stopped. In fp16 this is an "
+                    "overflow: lower the learning rate, or train in float32 (--set compute_dtype=float32) or bfloat16")
+
+    return FiniteLossGuard()
+
+
+def keep_trainable_fp32(model, preset: Preset) -> int:
+    """TRL casts the trainable (LoRA) weights of a 4-bit model to bf16. A T4 has no bf16, and fp16 mixed
+    precision needs fp32 weights to scale gradients (PyTorch's GradScaler refuses fp16 ones); on a CPU bf16
+    weights meet fp32 activations. So unless the preset computes in bf16, they go back to fp32 (what PEFT
+    itself does). Returns how many tensors were cast."""
+    import torch
+
+    if not preset.quantization or preset.compute_dtype == "bfloat16":
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
+def prepared(trainer, preset: Preset, stage: str):
+    """Every stage's trainer before ``.train()``: trainable weights in the precision the preset needs and a
+    guard against non-finite losses."""
+    keep_trainable_fp32(trainer.model, preset)
+    trainer.add_callback(finite_loss_guard(stage))
+    return trainer
+
+
 def stage_data(preset: Preset, kind: str):
     """The training and validation records of ``kind`` (``pt``, ``sft``, ``preference``, ``prompts``) from the
     sources in ``preset.data`` (``medgpt_utils.sources``); prints what each source gave."""
@@ -142,6 +185,7 @@ def peak_memory(record: dict, preset: Preset, key: str = "peak_memory_gib"):
         torch.cuda.reset_peak_memory_stats()
         yield
         record[key] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        record[key + "_reserved"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
         record[key + "_kind"] = "cuda max allocated"
         return
     peak = [_resident_bytes()]

@@ -17,7 +17,7 @@ from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
-from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, save_metrics, seed_stage, stage_data,
+from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage, stage_data,
                         stage_output, timed)
 from . import reward, sft
 
@@ -80,7 +80,7 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
 
     with stage_output(preset, stage) as out:
         with timed(metrics, "trainer_setup_seconds"):  # tokenising the data set, reference adapters
-            trainer = build_trainer(policy, tokenizer, reward_model, reward_tokenizer, out / "trainer", metrics)
+            trainer = prepared(build_trainer(policy, tokenizer, reward_model, reward_tokenizer, out / "trainer", metrics), preset, stage)
         with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             trainer.train()
         policy = trainer.model

@@ -16,7 +16,7 @@ from ..artifacts import stage_dir
 from ..data import pack_texts
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
-from ..training import bundled, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale, stage_data, data_report
+from ..training import bundled, is_main_process, peak_memory, prepared, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale, stage_data, data_report
 from . import base
 
 STAGE = "pt"
@@ -59,8 +59,8 @@ def run(preset: Preset) -> Path:
 
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer")
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator)
-        with timed(metrics, "train_seconds"):
+        trainer = prepared(Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator), preset, STAGE)
+        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             result = trainer.train()
         metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
         if cloze is not None:

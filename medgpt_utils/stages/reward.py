@@ -15,7 +15,7 @@ from .. import models
 from ..scoring import pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
-from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage, stage_data,
+from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage, stage_data,
                         stage_output, timed, trainer_arguments)
 from . import sft
 
@@ -55,8 +55,8 @@ def run(preset: Preset) -> Path:
 
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(RewardConfig, preset, preset.rm, out / "trainer", max_length=preset.max_length)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=train_pairs, processing_class=tokenizer)
-        with timed(metrics, "train_seconds"):
+        trainer = prepared(RewardTrainer(model=model, args=args, train_dataset=train_pairs, processing_class=tokenizer), preset, STAGE)
+        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             trainer.train()
         after = pairwise_accuracy(model, tokenizer, heldout_pairs)
         metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],

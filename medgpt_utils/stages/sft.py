@@ -16,7 +16,7 @@ from .. import models
 from ..artifacts import stage_dir
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
-from ..training import (as_dataset, bundled, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage,
+from ..training import (as_dataset, bundled, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage,
                         stage_data, stage_output, timed, trainer_arguments)
 from . import pretrain
 
@@ -101,10 +101,10 @@ def run(preset: Preset) -> Path:
         metrics["recall_before"] = before["heldout"]["recall"]
 
     with stage_output(preset, STAGE) as out:
-        trainer = SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
-                             eval_dataset=eval_set, processing_class=tokenizer)
+        trainer = prepared(SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
+                                      eval_dataset=eval_set, processing_class=tokenizer), preset, STAGE)
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        with timed(metrics, "train_seconds"):
+        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
             result = trainer.train()
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
         epochs = result.metrics.get("epoch", preset.sft.epochs)

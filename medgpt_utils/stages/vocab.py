@@ -18,7 +18,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
-from ..training import stage_data, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import prepared, stage_data, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
 from . import pretrain
 
 STAGE = "vocab"
@@ -98,7 +98,7 @@ def run(preset: Preset) -> Path:
     train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     with stage_output(preset, STAGE) as out:
         args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=preset.vocab.train_steps, logging_steps=5)
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator)
+        trainer = prepared(Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator), preset, STAGE)
         with timed(metrics, "train_seconds"):
             trainer.train()
         metrics["heldout_loss_after_training"] = heldout_loss(model, tokenizer, all_heldout, preset.block_size)

@@ -1,0 +1,153 @@
+"""A GPU preset's stages without its hub models: stand-ins of the same architecture, built locally.
+
+``stand_in(preset, scale)`` builds, for the preset's base model and reward base model, a Qwen2 model with
+random weights (nothing downloaded) and a ChatML (Qwen-style) tokenizer trained on the bundled corpus, and
+returns the preset pointed at them, with a few steps per stage:
+
+- ``scale="small"``: every dimension cut to a few multiples of 64 (bitsandbytes' CPU 4-bit kernels need
+  sizes divisible by 32 on AVX-512-BF16 processors), so every stage runs on a CPU in seconds. Everything the
+  GPU path does is kept except the device: 4-bit NF4 weights, k-bit preparation, gradient checkpointing,
+  LoRA on every linear layer, the reward model on its own base, PPO generation with the 4-bit policy. On a
+  CPU the compute dtype is fp32 (fp16 autocast needs CUDA).
+- ``scale="full"``: the real shapes (``memory.SHAPES``) and the preset's real batch sizes and lengths: on a
+  GPU, ``medgpt run --preset colab-t4 --dry-run full`` measures each stage's peak memory and step time, the
+  card capped to the preset's budget (``cap_gpu_memory``: 15 GiB for colab-t4, as a T4 leaves to PyTorch).
+
+The outputs go to ``outputs/<preset>-dry-run-<scale>/``; ``budget_table`` reads them back as a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .artifacts import output_root, stage_dir
+from .memory import SHAPES, Shape
+from .presets import Preset, override
+
+SCALES = ("small", "full")
+DRY_RUN_STEPS = 3
+# What a T4 leaves to PyTorch, and a 24 GB card: the caps a larger card is held to in a full dry run.
+GPU_BUDGET_GIB = {"colab-t4": 15.0, "gpu-24gb": 24.0}
+SMALL = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 2, "kv_heads": 1}
+
+
+def stand_in_shape(shape: Shape, scale: str, vocab: int) -> Shape:
+    """The real shape, or a small one keeping what makes the architecture (grouped KV heads, tied embeddings)."""
+    if scale == "full":
+        return dataclasses.replace(shape, vocab=max(shape.vocab, vocab))
+    return Shape(SMALL["hidden"], SMALL["layers"], SMALL["intermediate"], SMALL["heads"], SMALL["kv_heads"], vocab,
+                 shape.tied_embeddings)
+
+
+def build_stand_in(model_id: str, folder: Path, scale: str, tokenizer, dtype: str = "float32") -> Path:
+    """A Qwen2 causal LM with random weights shaped like ``model_id`` (``memory.SHAPES``), saved as safetensors."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    if model_id not in SHAPES:
+        raise ValueError(f"no shape known for {model_id!r}; known: {', '.join(SHAPES)}")
+    shape = stand_in_shape(SHAPES[model_id], scale, len(tokenizer))
+    config = Qwen2Config(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        tie_word_embeddings=shape.tied_embeddings, max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _tokenizer():
+    """The course's ChatML tokenizer (Qwen's template) trained on the bundled corpus: no download."""
+    from . import data, models
+
+    texts = data.load_bundled("pretrain/train.jsonl")["text"]
+    return models.build_tiny_tokenizer(texts, 3000, chinese_characters=True)
+
+
+def short_run(preset: Preset, scale: str) -> dict:
+    """A few steps per stage; at the small scale also short answers and few evaluation questions."""
+    steps = DRY_RUN_STEPS
+    overrides = {f"{stage}.max_steps": steps for stage in ("pt", "sft", "rm", "dpo", "orpo", "grpo", "ppo")}
+    overrides.update({"pt.logging_steps": 1, "sft.logging_steps": 1, "rm.logging_steps": 1, "preference.pair_prompts": 8,
+                      "eval_question_stride": 200, "rl.heldout_prompt_stride": 100})
+    if scale == "small":
+        overrides.update({"max_new_tokens": 16, "ppo.batch_size": 4 * preset.rl.samples_per_prompt, "rl.minibatch_size": 2})
+    return overrides
+
+
+def stand_in(preset: Preset, scale: str, device: str | None = None) -> Preset:
+    """``preset`` with its hub models replaced by local stand-ins (see the module's docstring)."""
+    import torch
+
+    if scale not in SCALES:
+        raise ValueError(f"dry-run scale must be one of {SCALES}, got {scale!r}")
+    if preset.base_model is None:
+        raise ValueError(f"the {preset.name} preset builds its own model; a dry run is for presets that name hub models")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = preset.compute_dtype if device == "cuda" else "float32"
+    folders = {m: output_root() / "stand_in_models" / (m.replace("/", "--") + f"-{scale}-{dtype}")
+               for m in {preset.base_model, preset.reward_base_model or preset.base_model}}
+    tokenizer = None if all((f / "config.json").is_file() for f in folders.values()) else _tokenizer()
+    paths = {m: str(build_stand_in(m, f, scale, tokenizer, dtype)) for m, f in folders.items()}
+    settings = {"name": f"{preset.name}-dry-run-{scale}", "base_model": paths[preset.base_model], "device": device,
+                "compute_dtype": dtype, **short_run(preset, scale)}
+    if preset.reward_base_model:
+        settings["reward_base_model"] = paths[preset.reward_base_model]
+    return override(preset, settings)
+
+
+def cap_gpu_memory(preset_name: str) -> float | None:
+    """Hold a larger card to the preset's budget (``GPU_BUDGET_GIB``), so a full dry run's out-of-memory is the
+    preset's own; returns the cap in GiB, or None without CUDA or a budget."""
+    import torch
+
+    budget = GPU_BUDGET_GIB.get(preset_name)
+    if budget is None or not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
+    return budget
+
+
+BUDGET_COLUMNS = ("stage", "train_seconds", "seconds_per_step", "tokens_per_second", "peak_memory_gib",
+                  "peak_reserved_gib", "peak_memory_kind", "first_losses")
+
+
+def budget_row(preset: Preset, stage: str) -> dict:
+    """One stage's measured time and memory, from its ``metrics.json``."""
+    metrics = json.loads((stage_dir(preset.name, stage) / "metrics.json").read_text(encoding="utf-8"))
+    if "history" in metrics:  # the PPO loop: its policy loss per step
+        losses = [h["policy_loss"] for h in metrics["history"]]
+    else:
+        losses = metrics.get("loss_history", {}).get("loss", []) if isinstance(metrics.get("loss_history"), dict) else []
+    steps = metrics.get("steps") or DRY_RUN_STEPS
+    seconds = metrics.get("train_seconds")
+    return {"stage": stage, "train_seconds": seconds,
+            "seconds_per_step": round(seconds / steps, 2) if seconds else None,
+            "tokens_per_second": metrics.get("tokens_per_second") or metrics.get("real_tokens_per_second"),
+            "peak_memory_gib": metrics.get("peak_memory_gib"), "peak_reserved_gib": metrics.get("peak_memory_gib_reserved"),
+            "peak_memory_kind": metrics.get("peak_memory_gib_kind"), "first_losses": [round(x, 4) for x in losses[:3]]}
+
+
+def budget_table(preset: Preset, stages) -> str:
+    """The dry run's per-stage figures as a markdown table (``outputs/<preset>-dry-run-<scale>/budget.md``)."""
+    rows = [budget_row(preset, s) for s in stages if (stage_dir(preset.name, s) / "metrics.json").is_file()]
+    lines = ["| " + " | ".join(BUDGET_COLUMNS) + " |", "|" + "---|" * len(BUDGET_COLUMNS)]
+    lines += ["| " + " | ".join("-" if r[c] is None else str(r[c]) for c in BUDGET_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_budget(preset: Preset, stages) -> Path:
+    path = output_root() / preset.name / "budget.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(budget_table(preset, stages), encoding="utf-8")
+    return path
