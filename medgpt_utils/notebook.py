@@ -4,6 +4,8 @@ repository address that the cells, the badges and pyproject.toml share."""
 from __future__ import annotations
 
 import platform
+import time
+from contextlib import contextmanager
 
 from .presets import Preset, get_preset
 
@@ -72,6 +74,21 @@ def environment() -> dict:
     else:
         info["gpu"] = "none (CPU only)"
     return info
+
+
+@contextmanager
+def measured(label: str, preset: Preset):
+    """Print a notebook step's wall time and peak memory after it (GPU memory allocated by torch on a GPU
+    preset; the process's peak resident memory on the CPU), as unsloth's notebooks do."""
+    from .training import peak_memory
+
+    record: dict = {}
+    start = time.perf_counter()
+    with peak_memory(record, preset):
+        yield record
+    record["wall_seconds"] = round(time.perf_counter() - start, 1)
+    print(f"[{label}] wall time {record['wall_seconds']:.0f} s | peak memory {record['peak_memory_gib']:.2f} GiB "
+          f"({record['peak_memory_gib_kind']})")
 
 
 def setup(preset_name: str | None = None, overrides: dict | None = None) -> Preset:

@@ -72,10 +72,9 @@ def finite_loss_guard(stage: str):
 
 
 def keep_trainable_fp32(model, preset: Preset) -> int:
-    """TRL casts the trainable (LoRA) weights of a 4-bit model to bf16. A T4 has no bf16, and fp16 mixed
-    precision needs fp32 weights to scale gradients (PyTorch's GradScaler refuses fp16 ones); on a CPU bf16
-    weights meet fp32 activations. So unless the preset computes in bf16, they go back to fp32 (what PEFT
-    itself does). Returns how many tensors were cast."""
+    """TRL casts the trainable (LoRA) weights of a 4-bit model to bf16. A T4 has no bf16 hardware and fp16
+    mixed precision keeps fp32 master weights; on a CPU bf16 weights meet fp32 activations and fail. So unless
+    the preset computes in bf16, they go back to fp32 (what PEFT itself does). Returns how many were cast."""
     import torch
 
     if not preset.quantization or preset.compute_dtype == "bfloat16":
