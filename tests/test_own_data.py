@@ -251,3 +251,14 @@ def test_a_changed_data_file_changes_the_fingerprint_of_the_stages_that_read_it(
     _write_jsonl(mine, [{"question": "q?", "answer": "a longer answer."}])
     after = {stage: stage_fingerprint(preset, stage) for stage in ("pt", "sft", "rm")}
     assert after["pt"] == before["pt"] and after["sft"] != before["sft"] and after["rm"] != before["rm"]
+
+
+def test_an_edited_prompt_file_is_read_again_in_the_same_session(tmp_path):
+    from medgpt_utils.presets import override
+    from medgpt_utils.stages import alignment
+
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}?"} for i in range(20)])
+    preset = override(TINY, {"data.prompts": str(prompts)})
+    assert len(alignment.training_prompts(preset)) + len(alignment.heldout_prompts(preset)) == 20
+    _write_jsonl(prompts, [{"prompt": f"question {i}?"} for i in range(40)])  # a notebook user adds prompts
+    assert len(alignment.training_prompts(preset)) == 38  # 5% of 40 held out

@@ -17,6 +17,7 @@ from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
+from ..sources import local_files_signature
 from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage, stage_data,
                         stage_output, timed)
 from . import reward, sft
@@ -38,9 +39,16 @@ def load_reward_scorer(preset: Preset, reward_path: Path, pad_token_id: int | No
     return model, tokenizer
 
 
-@functools.lru_cache(maxsize=2)
 def _prompt_data(preset: Preset):
-    return stage_data(preset, "prompts")  # read once per preset: PPO and GRPO ask for both halves
+    """``data.prompts`` read once per preset and state of its files: PPO and GRPO ask for both halves, and a
+    notebook that edits a prompt file between two runs gets the new prompts."""
+    files = tuple(map(tuple, local_files_signature(preset.data.prompts) + local_files_signature(preset.data.prompts_validation or "bundled")))
+    return _read_prompt_data(preset, files)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_prompt_data(preset: Preset, files: tuple):
+    return stage_data(preset, "prompts")
 
 
 def training_prompts(preset: Preset):
