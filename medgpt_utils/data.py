@@ -206,7 +206,7 @@ def _load(paths, convert: Callable[[Any], dict], on_error: str, return_report: b
     if not rows:
         raise ValueError(f"no usable records in {', '.join(report.files)} ({report})")
     log.info("loaded %s", report)
-    dataset = Dataset.from_list(_fill_missing_columns(rows))
+    dataset = Dataset.from_list(fill_missing_columns(rows))
     return (dataset, report) if return_report else dataset
 
 
@@ -254,7 +254,7 @@ def _skip_or_raise(err: DataFormatError, report: LoadReport, on_error: str) -> N
     log.warning("skipped %s", err)
 
 
-def _fill_missing_columns(rows: list[dict]) -> list[dict]:
+def fill_missing_columns(rows: list[dict]) -> list[dict]:
     """Extra columns may appear in some files only; give the others None so rows align."""
     keys: dict[str, None] = {}
     for row in rows:
@@ -473,6 +473,7 @@ def load_prompts(paths, on_error: str = "raise", return_report: bool = False):
 
 
 CONVERTERS.update(pretraining=convert_pretraining, sft=convert_sft, preference=convert_preference, prompts=convert_prompt)
+LOADERS = {"pretraining": load_pretraining, "sft": load_sft, "preference": load_preference, "prompts": load_prompts}
 
 
 # ---------------------------------------------------------------- the knowledge base and data card
@@ -503,10 +504,10 @@ def load_bundled(name: str, conditions: Iterable[str] = (), return_report: bool 
     them; empty keeps all. How many were left out is logged and counted in the report.
     """
     if name.startswith("pretrain/") or name == "eval/cloze.jsonl":
-        loader = load_pretraining
+        kind = "pretraining"
     else:
-        loader = {"sft": load_sft, "preference": load_preference}.get(name.split("/")[0], load_prompts)
-    dataset, report = loader(bundled(*name.split("/")), return_report=True, **kwargs)
+        kind = {"sft": "sft", "preference": "preference"}.get(name.split("/")[0], "prompts")
+    dataset, report = LOADERS[kind](bundled(*name.split("/")), return_report=True, **kwargs)
     wanted = set(conditions)
     if wanted:
         unknown = wanted - {c["id"] for c in load_knowledge_base()}

@@ -158,10 +158,8 @@ class StageData:
 
 
 def _read_files(source: Source, kind: str, on_error: str) -> tuple[list[dict], data.LoadReport]:
-    loader = {"pretraining": data.load_pretraining, "sft": data.load_sft, "preference": data.load_preference,
-              "prompts": data.load_prompts}[kind]
     try:
-        dataset, report = loader(source.location, on_error=on_error, return_report=True)
+        dataset, report = data.LOADERS[kind](source.location, on_error=on_error, return_report=True)
     except ValueError as err:
         if isinstance(err, data.DataFormatError):
             raise
@@ -254,11 +252,6 @@ def carve_validation(rows: list[dict], percent: float, seed: int) -> tuple[list[
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def fill_missing_columns(rows: list[dict]) -> list[dict]:
-    """Sources with other extra columns line up: a column one source lacks is None in its rows."""
-    return data._fill_missing_columns(rows)
-
-
 def load_stage_data(kind: str, spec: str, validation_spec: str = "", validation_percent: float = 5.0,
                     seed: int = 42, on_error: str = "skip", conditions=(), setting: str = "data") -> StageData:
     """Training and validation records of ``kind`` from the sources in ``spec`` (see the module's docstring).
@@ -287,7 +280,8 @@ def load_stage_data(kind: str, spec: str, validation_spec: str = "", validation_
         report.source, report.validation = f"{report.source} (validation)", len(rows)
         validation += rows
         reports.append(report)
-    return StageData(fill_missing_columns(train), fill_missing_columns(validation), reports,
+    # sources with other extra columns line up: a column one source lacks is None in its rows
+    return StageData(data.fill_missing_columns(train), data.fill_missing_columns(validation), reports,
                      uses_bundled=any(s.kind == "bundled" for s in sources))
 
 
