@@ -370,6 +370,41 @@ def handwritten_rows(conditions) -> list[dict]:
     return rows
 
 
+MC_FACTS = ("symptoms", "causes", "department")
+MC_QUESTIONS = {
+    "en": {"symptoms": "Which of the following is a typical symptom of {name}?",
+           "causes": "Which of the following is a common cause of {name}?",
+           "department": "Which hospital department usually treats {name}?"},
+    "zh": {"symptoms": "下列哪一项是{name}的典型症状？", "causes": "下列哪一项是{name}的常见病因？",
+           "department": "{name}通常应到医院哪个科室就诊？"},
+}
+
+
+def multiple_choice_rows(conditions, rng: random.Random) -> list[dict]:
+    """Four-option questions for lm-eval-harness (``data/eval/lm_eval/``): one key fact of the condition against
+    three of the same kind from other conditions that are not facts of it, in both languages. A question about one
+    of the tiny preset's conditions takes its wrong choices from those conditions too: the tiny tokenizer is built
+    from their text only, so choices from the other conditions would cost more tokens, and a model that knows
+    nothing would pick the right (cheaper) choice by length alone."""
+    from medgpt_utils.presets import TINY_CONDITIONS
+
+    tiny = set(TINY_CONDITIONS)
+    rows = []
+    for c in conditions:
+        same_set = [o for o in conditions if (o["id"] in tiny) == (c["id"] in tiny)] if c["id"] in tiny else conditions
+        for lang in LANGS:
+            for fact in MC_FACTS:
+                own = set(key_facts(c[lang], lang, fact))
+                pool = sorted({item for other in same_set if other["id"] != c["id"]
+                               for item in key_facts(other[lang], lang, fact)} - own)
+                choices = [rng.choice(sorted(own))] + rng.sample(pool, 3)
+                rng.shuffle(choices)
+                correct = next(i for i, choice in enumerate(choices) if choice in own)
+                rows.append({"question": MC_QUESTIONS[lang][fact].format(name=c[lang]["name"]), "choices": choices,
+                             "answer": correct, "condition": c["id"], "lang": lang, "fact": fact})
+    return rows
+
+
 # ---------------------------------------------------------------- writing
 def dump_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,6 +435,7 @@ def build(out: Path) -> dict[str, int]:
         "eval/heldout_questions.jsonl": question_rows(conditions, rng, heldout=True, per_condition=0),
         "eval/cloze.jsonl": cloze_rows(conditions),
         "eval/handwritten_questions.jsonl": handwritten_rows(conditions),
+        "eval/multiple_choice.jsonl": multiple_choice_rows(conditions, random.Random(SEED + 5)),  # own stream
     }
     for name, rows in files.items():
         dump_jsonl(out / name, rows)
@@ -594,10 +630,14 @@ in new words.
   "拉肚子吐了一晚上，急性胃肠炎在家该怎么办？"), both languages, every fact type, about the tiny
   preset's conditions; same schema as the held-out questions. No template produces these
   wordings (a test checks it), so they are the closest thing to a learner's own question.
+- `eval/multiple_choice.jsonl`: `question`, four `choices` and the index of the right one (`answer`): for
+  every condition, language and fact type (symptoms, causes, department), one of the condition's key facts
+  against three of the same kind from other conditions. `eval/lm_eval/` defines lm-eval-harness tasks on it
+  (`medgpt_kb_mc_en`, `medgpt_kb_mc_zh`), which `medgpt bench-eval` and notebook 06 run on every stage.
 
 ## The tiny preset's conditions
 
-A 5M-parameter model trained for a few CPU minutes cannot learn all {conditions} conditions in two
+A model of a few million parameters trained for a few CPU minutes cannot learn all {conditions} conditions in two
 languages (measured: `notebooks/EXPERIMENTS.md`). The `tiny` preset therefore trains and
 evaluates on {tiny_count} of them (`medgpt_utils/presets.py`, `TINY_CONDITIONS`): {tiny_conditions}.
 Every stage keeps only the records whose `condition` is one of them, and reports how many it kept.

@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate every finished stage on the same held-out sets",
                               description="Evaluate every finished stage on the same held-out sets; table in outputs/<preset>/report.md.")
     _add_preset_options(evaluate)
+    export = sub.add_parser("export", help="hand RL to an engine built for scale: `medgpt export verl`",
+                            description="Write the RL prompts, the reward function and launch scripts for verl "
+                                        "(see medgpt_utils/verl_export.py).")
+    export.add_argument("target", choices=["verl"], help="the engine to export for")
+    _add_preset_options(export)
+    export.add_argument("--out", help="folder to write (default outputs/<preset>/verl)")
+    bench = sub.add_parser("bench-eval", help="lm-eval-harness tasks on every finished stage (offline: the course's own)",
+                           description="Run lm-eval-harness tasks on every finished stage; scores to outputs/<preset>/lm_eval.json. "
+                                       "Offline: the course's medgpt_kb_mc_en,medgpt_kb_mc_zh. With network, e.g. "
+                                       "medqa_4options,medmcqa,pubmedqa,cmmlu_clinical_knowledge (medgpt_utils/harness.py).")
+    _add_preset_options(bench)
+    bench.add_argument("--tasks", default="medgpt_kb_mc_en,medgpt_kb_mc_zh", help="comma-separated lm-eval task names")
+    bench.add_argument("--limit", type=int, help="at most this many questions per task (a quick look)")
     infer = sub.add_parser("infer", help="chat with a model or answer a file of questions",
                            description="Interactive chat or batch predictions (the original MedicalGPT inference.py options).")
     _add_model_options(infer)
@@ -171,6 +184,17 @@ def _main(argv: list[str] | None) -> int:
         preset = dryrun.stand_in(preset, args.dry_run)
         print(f"[dry run] {preset.name}: stand-in models {preset.base_model}"
               f"{f', GPU capped at {cap} GiB' if cap else ''}; {preset.describe()}")
+    if args.command == "bench-eval":
+        from .harness import evaluate_stages as bench
+
+        bench(preset, [t.strip() for t in args.tasks.split(",") if t.strip()], limit=args.limit)
+        return 0
+    if args.command == "export":
+        from .verl_export import export
+
+        folder = export(preset, args.out)
+        print(f"verl files written to {folder}: train.parquet, val.parquet, reward.py, run_ppo.sh, run_grpo.sh")
+        return 0
     if args.command == "eval":
         from .compare import evaluate_stages
 

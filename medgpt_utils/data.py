@@ -472,8 +472,28 @@ def load_prompts(paths, on_error: str = "raise", return_report: bool = False):
     return _load(paths, convert_prompt, on_error, return_report, text_field="prompt")
 
 
-CONVERTERS.update(pretraining=convert_pretraining, sft=convert_sft, preference=convert_preference, prompts=convert_prompt)
-LOADERS = {"pretraining": load_pretraining, "sft": load_sft, "preference": load_preference, "prompts": load_prompts}
+def convert_multiple_choice(record: Any) -> dict:
+    """A multiple-choice question: ``question``, a list of ``choices`` (strings) and ``answer``, the right one's index."""
+    record = _need_object(record)
+    question = _need_str(record, "question")
+    choices = record.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise _Bad("field 'choices' must be a list of at least two non-empty strings")
+    answer = record.get("answer")
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+        raise _Bad(f"field 'answer' must be the index of the right choice (0 to {len(choices) - 1}), got {answer!r}")
+    return {"question": question, "choices": choices, "answer": answer, **_extras(record, {"question", "choices", "answer"})}
+
+
+def load_multiple_choice(paths, on_error: str = "raise", return_report: bool = False):
+    """Multiple-choice questions (``question``, ``choices``, ``answer``), as the lm-eval tasks read them."""
+    return _load(paths, convert_multiple_choice, on_error, return_report)
+
+
+CONVERTERS.update(pretraining=convert_pretraining, sft=convert_sft, preference=convert_preference, prompts=convert_prompt,
+                  multiple_choice=convert_multiple_choice)
+LOADERS = {"pretraining": load_pretraining, "sft": load_sft, "preference": load_preference, "prompts": load_prompts,
+           "multiple_choice": load_multiple_choice}
 
 
 # ---------------------------------------------------------------- the knowledge base and data card
@@ -505,6 +525,8 @@ def load_bundled(name: str, conditions: Iterable[str] = (), return_report: bool 
     """
     if name.startswith("pretrain/") or name == "eval/cloze.jsonl":
         kind = "pretraining"
+    elif name == "eval/multiple_choice.jsonl":
+        kind = "multiple_choice"
     else:
         kind = {"sft": "sft", "preference": "preference"}.get(name.split("/")[0], "prompts")
     dataset, report = LOADERS[kind](bundled(*name.split("/")), return_report=True, **kwargs)

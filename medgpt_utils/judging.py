@@ -103,9 +103,13 @@ def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
 
 
 def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:
-    return [{"prompt": p[-1]["content"], "sft": b, "new": a, "sft_score": bs, "new_score": as_}
-            for p, b, a, bs, as_ in list(zip(rows["prompt"], before["answers"], after["answers"],
-                                             before["scores"], after["scores"]))[:n]]
+    """The ``n // 2`` held-out prompts whose score rose most and the ``n // 2`` where it fell most (or rose least),
+    best first: the worst answers are shown beside the best."""
+    items = [{"prompt": p[-1]["content"], "sft": b, "new": a, "sft_score": bs, "new_score": as_, "gain": as_ - bs}
+             for p, b, a, bs, as_ in zip(rows["prompt"], before["answers"], after["answers"], before["scores"], after["scores"])]
+    ranked = sorted(range(len(items)), key=lambda i: -items[i]["gain"])
+    chosen = ranked[: n // 2] + [i for i in ranked[-(n - n // 2):] if i not in ranked[: n // 2]]
+    return [items[i] for i in chosen]
 
 
 def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:

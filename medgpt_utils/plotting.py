@@ -74,3 +74,79 @@ def plot_method_comparison(rows: list[dict], keys=("reward score", "win rate vs 
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig
+
+
+def _box(ax, xy, text, color):
+    ax.text(*xy, text, ha="center", va="center", fontsize=9, zorder=3,
+            bbox=dict(boxstyle="round,pad=0.4", facecolor=color, edgecolor="black", linewidth=0.8))
+
+
+def _arrow(ax, start, end, label="", gap=(0.0, 0.0)):
+    """An arrow from ``start`` to ``end``, each moved ``gap`` (x) towards the other: from a box's edge, not its centre."""
+    direction = 1 if end[0] >= start[0] else -1
+    start, end = (start[0] + direction * gap[0], start[1]), (end[0] - direction * gap[1], end[1])
+    ax.annotate("", xy=end, xytext=start, zorder=1,
+                arrowprops=dict(arrowstyle="-|>", color="black", lw=1, shrinkA=2, shrinkB=2))
+    if label:
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, label, ha="center", fontsize=8, color="dimgray")
+
+
+def plot_pipeline(pipeline=None):
+    """The stages as boxes in columns by depth, an arrow from each stage to the stages that start from it
+    (``pipeline.PIPELINE``: the same list the command line and the fingerprints read)."""
+    import matplotlib.pyplot as plt
+
+    from .pipeline import PIPELINE
+
+    stages = {s.name: s for s in (pipeline or PIPELINE)}
+    depth: dict[str, int] = {}
+    for name, stage in stages.items():  # PIPELINE lists every stage after its inputs
+        depth[name] = 1 + max((depth[i] for i in stage.inputs), default=-1)
+    columns: dict[int, list[str]] = {}
+    for name, d in depth.items():
+        columns.setdefault(d, []).append(name)
+    position = {name: (d, (len(names) - 1) / 2 - k) for d, names in columns.items() for k, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, stage in stages.items():
+        for source in stage.inputs:
+            _arrow(ax, position[source], position[name], gap=(0.3, 0.3))
+    for name, stage in stages.items():
+        color = "#fde2c8" if stage.aligns else "#d8e8f8" if stage.trains else "#e8e8e8"
+        _box(ax, position[name], name.upper() + (" (optional)" if stage.optional else ""), color)
+    ax.set_xlim(-0.6, max(columns) + 0.6)
+    ax.set_ylim(min(y for _, y in position.values()) - 0.6, max(y for _, y in position.values()) + 0.6)
+    ax.set_title("The pipeline: each stage starts from the models its arrows come from (orange: judged against SFT)")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ppo_roles():
+    """The four roles of one PPO step: which network gives which quantity, and what each quantity becomes."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    roles = {"policy\n(SFT + LoRA, trains)": ((0, 3), "#fde2c8"), "reference\n(adapter off, frozen)": ((0, 2), "#e8e8e8"),
+             "value head\n(on the policy, trains)": ((0, 1), "#fde2c8"), "reward model\n(notebook 03, frozen)": ((0, 0), "#e8e8e8")}
+    quantities = {"answers, log pi": (2.2, 3), "log pi_ref": (2.2, 2), "values V(s_t)": (2.2, 1), "score r(x, y)": (2.2, 0)}
+    for (name, (xy, color)), (label, qxy) in zip(roles.items(), quantities.items()):
+        _box(ax, xy, name, color)
+        _box(ax, qxy, label, "white")
+        _arrow(ax, xy, qxy, gap=(0.85, 0.7))
+    _box(ax, (4.3, 2.5), "rewards per token\nr_t = -beta KL_t (+ score at EOS)", "#d8e8f8")
+    _box(ax, (4.3, 0.5), "GAE: advantages A_t,\nreturns R_t", "#d8e8f8")
+    _box(ax, (6.3, 1.5), "clipped policy loss\n+ clipped value loss", "#d8f0d8")
+    for q in ("answers, log pi", "log pi_ref", "score r(x, y)"):
+        _arrow(ax, quantities[q], (4.3, 2.5), gap=(0.7, 1.15))
+    _arrow(ax, quantities["values V(s_t)"], (4.3, 0.5), gap=(0.7, 0.8))
+    ax.annotate("", xy=(4.3, 0.85), xytext=(4.3, 2.15), arrowprops=dict(arrowstyle="-|>", color="black", lw=1))
+    _arrow(ax, (4.3, 0.5), (6.3, 1.5), gap=(0.8, 0.95))
+    ax.annotate("", xy=(0, 3.25), xytext=(6.3, 1.75), arrowprops=dict(arrowstyle="->", color="tab:red", lw=1,
+                                                                         connectionstyle="arc3,rad=0.35", shrinkA=20, shrinkB=20))
+    ax.text(3.3, 3.75, "gradient step: policy adapter and value head", color="tab:red", fontsize=8, ha="center")
+    ax.set_xlim(-0.9, 7.3)
+    ax.set_ylim(-0.6, 4.0)
+    ax.axis("off")
+    ax.set_title("One PPO step: four roles, two networks")
+    fig.tight_layout()
+    return fig

@@ -9,7 +9,8 @@ The pieces, in the order one PPO step uses them:
 5. ``kl_penalized_rewards``  r_t = -beta * (log pi - log pi_ref) per token, + score at the last token
 6. ``gae``                advantages A_t and returns R_t (generalised advantage estimation)
 7. ``policy_loss`` / ``value_loss``  clipped surrogate and clipped value loss
-8. ``PPOLoop.step``       several epochs over minibatches of the rollout, then the next rollout
+8. ``PPOLoop.step``       ``rollout``, then ``experience`` (steps 3-6), then ``learn``: several epochs over
+                          minibatches of the rollout; then the next rollout
 
 Model layout: the policy is the SFT model with a trainable LoRA adapter; the reference policy is
 the same weights with the adapter switched off (``with model.disable_adapter()``), so there is no
@@ -101,6 +102,10 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
+    def select(self, rows) -> "Rollout":
+        """The answers at ``rows`` (a slice or indices)."""
+        return Rollout(self.query[rows], self.query_mask[rows], self.response[rows], self.response_mask[rows], self.ended[rows])
+
 
 def response_mask(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 for every token up to and including the first EOS, 0 after it (and 0 nowhere else).
@@ -160,10 +165,87 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+# ---------------------------------------------------------------- data parallel (torchrun / accelerate launch)
+# Each process generates, scores and learns from its own share of a step's prompts. What must be the same as one
+# process with all of them is computed over all processes: the advantages' whitening, the score statistics, the
+# token mean of the losses (each process divides its token sum by the global token count, and the gradients are
+# summed), the KL and the logged means. In one process every helper below is the plain computation.
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a data-parallel run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_data_parallel(device: str) -> tuple[int, int]:
+    """Join the process group a launcher set up (``WORLD_SIZE`` > 1: gloo on the CPU, NCCL on GPUs); a no-op
+    in one process. Returns (rank, world size)."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return world()
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the processes (``x`` itself in one process)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every process's ``x`` (equal sizes), concatenated in rank order (``x`` itself in one process)."""
+    import torch.distributed as dist
+
+    size = world()[1]
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over every process's entries."""
+    if world()[1] == 1:
+        return x.mean()
+    return all_sum(x.sum()) / all_sum(torch.tensor(float(x.numel()), device=x.device))
+
+
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``masked_mean`` over every process's masked entries."""
+    if world()[1] == 1:
+        return masked_mean(x, mask)
+    mask = mask.to(x.dtype)
+    return all_sum((x * mask).sum()) / all_sum(mask.sum()).clamp(min=1)
+
+
+def local_share(items: list, group_size: int = 1) -> list:
+    """This process's contiguous share of ``items``, in whole groups of ``group_size`` (a prompt's k answers stay
+    together: each is scored against its siblings)."""
+    rank, size = world()
+    groups = len(items) // group_size
+    if len(items) % group_size or groups % size:
+        raise ValueError(f"{len(items)} items in groups of {group_size} cannot be shared equally by {size} processes")
+    per_process = groups // size * group_size
+    return items[rank * per_process : (rank + 1) * per_process]
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """(x - mean) / std over the masked entries: advantages on a unit scale for every batch."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = global_masked_mean(x, mask)  # over every process's tokens in a data-parallel run
+    var = global_masked_mean((x - mean) ** 2, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -300,6 +382,23 @@ def repeat_prompts(prompts: list, samples_per_prompt: int) -> list:
     return [p for p in prompts for _ in range(samples_per_prompt)]
 
 
+@dataclass
+class Experience:
+    """One rollout's training signal (``PPOLoop.experience``): per answer its score, per answer token the old
+    policy's and the reference's log-probs, the value estimates, the KL-penalised rewards, the KL, and the
+    advantages and returns that the clipped updates learn from."""
+
+    scores: torch.Tensor
+    answers: list
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    ref_logprobs: torch.Tensor
+    rewards: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
 class PPOLoop:
     """Policy (LoRA model), value head, optimizer and step counter; ``step`` runs one PPO step.
 
@@ -352,11 +451,11 @@ class PPOLoop:
             scores = (groups - (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)).view(-1)
         if not self.config.score_norm:
             return scores
-        self.score_moments.update(scores)
+        self.score_moments.update(all_gather(scores))  # every process's scores: the same moments everywhere
         return self.score_moments.normalize(scores)
 
     @torch.no_grad()
-    def _old_policy_and_reference(self, batch: Rollout):
+    def old_policy_and_reference(self, batch: Rollout):
         """log pi_old and V_old (adapter on) and log pi_ref (adapter off), without gradients."""
         self.model.eval()
         T = batch.response.shape[1]
@@ -367,8 +466,51 @@ class PPOLoop:
                                                    self.config.temperature)
         return old_logprobs, old_values, ref_logprobs
 
+    def experience(self, prompt_texts: list[str], batch: Rollout) -> Experience:
+        """What a rollout teaches: scores, the old policy's and the reference's log-probs, KL-penalised rewards
+        per token, and the advantages and returns GAE makes of them (whitened with ``whiten_advantages``)."""
+        cfg = self.config
+        scores, answers = self.score(prompt_texts, batch)
+        old_logprobs, old_values, ref_logprobs = self.old_policy_and_reference(batch)
+        mask = batch.response_mask.float()
+        rewards, kl = kl_penalized_rewards(self.shaped_scores(scores), old_logprobs, ref_logprobs, mask, self.kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:  # every batch then pushes equally hard, whether its score differences are large or noise
+            advantages = whiten(advantages, mask)
+        return Experience(scores, answers, old_logprobs, old_values, ref_logprobs, rewards, kl, advantages, returns)
+
+    def learn(self, batch: Rollout, exp: Experience, timings: dict | None = None) -> dict:
+        """``ppo_epochs`` passes of clipped minibatch updates on one rollout's experience, at this step's learning
+        rate; then the KL controller and the step counter move on. Returns the step's record."""
+        cfg, timings = self.config, dict(timings or {})
+        t0 = time.perf_counter()
+        learning_rate = cfg.learning_rate * lr_factor(cfg.lr_schedule, self.step_count, cfg.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        update_stats = self._update(batch, exp.old_logprobs, exp.old_values, exp.advantages, exp.returns)
+        timings["time_update"] = time.perf_counter() - t0
+
+        mask = batch.response_mask.float()
+        sequence_kl = global_mean(exp.kl.sum(dim=1)).item()  # means over every process's answers
+        if cfg.adaptive_kl:
+            self.kl_controller.update(sequence_kl, batch.response.shape[0] * world()[1])
+        self.step_count += 1
+        return {
+            "step": self.step_count,
+            "score": global_mean(exp.scores).item(),
+            "reward": global_mean(exp.rewards.sum(dim=1)).item(),  # score - beta * KL, per answer
+            "kl": sequence_kl,
+            "kl_coef": self.kl_coef,
+            "learning_rate": learning_rate,
+            "answer_tokens": global_mean(mask.sum(dim=1)).item(),
+            "ended_with_eos": global_mean(batch.ended.float()).item(),
+            **update_stats,
+            **{k: round(v, 4) for k, v in timings.items()},
+            "sample_answer": exp.answers[0],
+        }
+
     def step(self, prompt_texts: list[str]) -> dict:
-        """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped updates. With
+        """One PPO step: sample (``rollout``), make the ``experience``, then ``learn`` from it. With
         ``samples_per_prompt`` k, pass each prompt k times in a row (``repeat_prompts``)."""
         cfg, timings = self.config, {}
         if len(prompt_texts) % cfg.samples_per_prompt:
@@ -376,41 +518,10 @@ class PPOLoop:
         t0 = time.perf_counter()
         batch = rollout(self.model, self.tokenizer, prompt_texts, cfg.max_new_tokens, cfg.temperature)
         timings["time_generate"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        scores, answers = self.score(prompt_texts, batch)
-        old_logprobs, old_values, ref_logprobs = self._old_policy_and_reference(batch)
-        mask = batch.response_mask.float()
-        rewards, kl = kl_penalized_rewards(self.shaped_scores(scores), old_logprobs, ref_logprobs, mask, self.kl_coef)
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:  # every batch then pushes equally hard, whether its score differences are large or noise
-            advantages = whiten(advantages, mask)
+        exp = self.experience(prompt_texts, batch)
         timings["time_score"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        learning_rate = cfg.learning_rate * lr_factor(cfg.lr_schedule, self.step_count, cfg.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
-        update_stats = self._update(batch, old_logprobs, old_values, advantages, returns)
-        timings["time_update"] = time.perf_counter() - t0
-
-        sequence_kl = kl.sum(dim=1).mean().item()
-        if cfg.adaptive_kl:
-            self.kl_controller.update(sequence_kl, len(prompt_texts))
-        self.step_count += 1
-        return {
-            "step": self.step_count,
-            "score": scores.mean().item(),
-            "reward": (rewards.sum(dim=1)).mean().item(),  # score - beta * KL, per answer
-            "kl": sequence_kl,
-            "kl_coef": self.kl_coef,
-            "learning_rate": learning_rate,
-            "answer_tokens": mask.sum(dim=1).mean().item(),
-            "ended_with_eos": batch.ended.float().mean().item(),
-            **update_stats,
-            **{k: round(v, 4) for k, v in timings.items()},
-            "sample_answer": answers[0],
-        }
+        return self.learn(batch, exp, timings)
 
     def _update(self, batch: Rollout, old_logprobs, old_values, advantages, returns) -> dict:
         cfg = self.config
@@ -439,13 +550,19 @@ class PPOLoop:
                 pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(values, old_values[rows], returns[rows], mask, cfg.cliprange_value)
                 warming_up = self.step_count < cfg.value_warmup_steps  # the policy waits for a critic worth following
-                loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) / cfg.gradient_accumulation_steps
+                # Data parallel: this process's share of the minibatch's tokens, so that the summed gradients are
+                # those of the token mean over all processes' minibatches (1 in one process).
+                share = mask.sum() / all_sum(mask.sum()) if world()[1] > 1 else 1.0
+                loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) * share / cfg.gradient_accumulation_steps
                 if not torch.isfinite(loss):  # stop rather than train on NaN (an fp16 overflow, a broken reward)
                     raise FloatingPointError(f"PPO: the loss became {loss.item()} at step {self.step_count + 1} "
                                              f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped")
                 loss.backward()
                 if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    for param in params if world()[1] > 1 else ():  # the gradients of all processes' tokens
+                        if param.grad is not None:
+                            torch.distributed.all_reduce(param.grad)
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -455,6 +572,8 @@ class PPOLoop:
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
                 epoch_kl += pg_stats["approx_kl"] / len(minibatches)
+            if world()[1] > 1:  # every process decides the same about the next epoch
+                epoch_kl = global_mean(torch.tensor([epoch_kl])).item()
         return {**{key: value / count for key, value in sums.items()}, "ppo_epochs_run": epochs_run}
 
     # ------------------------------------------------------------ checkpoints

@@ -26,7 +26,10 @@ from .artifacts import OUTPUT_ENV, output_root, stage_dir
 from .judging import WIN_CRITERIA
 from .presets import PRESETS, Preset, get_preset, override, parse_overrides
 
-FIRST_STAGES = ("base", "pt", "sft", "rm")  # what an SFT / reward-model pair is built from
+FIRST_STAGES = ("base", "pt", "sft", "rm")
+# The committed study: 24 runs of the tiny preset (2026-11-25, 2-core CPU), read by notebooks 04 and 05 so that
+# their text quotes no number by hand; regenerate with this module and copy outputs/tiny/rl_seeds/runs.jsonl here.
+COMMITTED_STUDY = Path(__file__).resolve().parent.parent / "notebooks" / "seed_study.jsonl"  # what an SFT / reward-model pair is built from
 
 
 @contextmanager
@@ -146,6 +149,20 @@ def summary_row(method: str, runs: list[dict]) -> dict:
 def _table(columns, rows) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + \
            ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+
+
+def committed_runs(method: str | None = None) -> list[dict]:
+    """The committed study's runs (``COMMITTED_STUDY``), all or one method's."""
+    runs = read_runs(COMMITTED_STUDY)
+    if not runs:
+        raise FileNotFoundError(f"{COMMITTED_STUDY}: the committed seed study is missing")
+    return [r for r in runs if method is None or r["method"] == method]
+
+
+def summary_markdown(records: list[dict]) -> str:
+    """Per method: mean (min .. max) over its runs (the first table of ``markdown``)."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    return "\n".join(_table(SUMMARY_COLUMNS, [summary_row(m, [r for r in records if r["method"] == m]) for m in methods])) + "\n"
 
 
 def markdown(records: list[dict], preset: Preset) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import data
 from .artifacts import METRICS_FILE, atomic_dir, stage_dir, write_json
@@ -46,6 +48,46 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         args.update(seed=preset.alignment_seed, data_seed=preset.alignment_seed)
     args.update(extra)
     return config_class(**args)
+
+
+@dataclass
+class StageRun:
+    """What a training stage has ready before its trainer is built (``<stage>.prepare(preset)``): the model to
+    train, its tokenizer, the data, the metrics measured so far, and the stage's own extras. The notebook
+    builds the trainer from these in view and hands it back to ``<stage>.finish``; ``<stage>.run`` does the
+    same three steps in one call."""
+
+    preset: Preset
+    stage: str
+    model: Any
+    tokenizer: Any
+    start_path: Any  # the model it starts from (a folder, or a hub id)
+    metrics: dict
+    train_set: Any = None
+    eval_set: Any = None
+    extras: dict = field(default_factory=dict)
+    workdir: Path = None  # the trainer's scratch folder (it saves nothing there: save_strategy "no")
+
+    def __post_init__(self):
+        import tempfile
+
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"medgpt-{self.stage}-"))
+
+    def clean_up(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def measuring(run: StageRun, peak: bool = True):
+    """Time the block (``train_seconds``) and, with ``peak``, record its peak memory (``peak_memory``)."""
+    with ExitStack() as stack:
+        stack.enter_context(timed(run.metrics, "train_seconds"))
+        if peak:
+            stack.enter_context(peak_memory(run.metrics, run.preset))
+        yield
 
 
 def bundled(preset: Preset, name: str):

@@ -56,3 +56,51 @@ def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device
     tail_one, tail_two = sum(one[-4:]) / 4, sum(two[-4:]) / 4
     assert tail_two == pytest.approx(tail_one, rel=0.05), (one, two)
     assert tail_one < one[0]  # and both runs learned
+
+
+WORKER = __file__.replace("test_distributed.py", "ppo_data_parallel_worker.py")
+
+
+def _ppo_worker(base, out, nproc):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                str(_free_port())] if nproc > 1 else [sys.executable]
+    result = subprocess.run(launcher + [WORKER, str(base), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+
+    return torch.load(out)
+
+
+@pytest.mark.slow
+def test_two_ppo_processes_make_the_single_process_update(tiny_base, tmp_path):
+    """Two processes with half the answers each take the same optimizer steps as one process with all of them:
+    the same (all-reduced) gradients at both steps and the same weights after, and the same logged means."""
+    import torch
+
+    single = _ppo_worker(tiny_base, tmp_path / "one.pt", 1)
+    double = _ppo_worker(tiny_base, tmp_path / "two.pt", 2)
+    assert single["rows"] == list(range(8)) and double["rows"] == list(range(4))  # rank 0 held half the answers
+    assert len(single["grads"]) == len(double["grads"]) == 2
+    for step, (one, two) in enumerate(zip(single["grads"], double["grads"])):
+        assert any(g.abs().sum() > 0 for g in one), "no gradient at all"
+        for a, b in zip(one, two):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-6), (step, (a - b).abs().max())
+    for a, b in zip(single["weights"], double["weights"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for key in ("score", "kl", "reward", "answer_tokens", "ended_with_eos"):
+        assert double["record"][key] == pytest.approx(single["record"][key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_the_ppo_stage_runs_under_a_launcher_and_only_rank_0_writes(tmp_path):
+    """`torchrun --nproc_per_node 2 -m medgpt_utils.cli ppo`: every process takes part, rank 0 writes the stage."""
+    outputs = tmp_path / "outputs"
+    small = [*COMMON, "--set", "rm.max_steps=2", "--set", "rl.heldout_prompt_stride=48", "--set", "ppo.max_steps=2",
+             "--set", "ppo.batch_size=8", "--set", "rl.samples_per_prompt=2", "--set", "rl.minibatch_size=4"]
+    _medgpt(["rm", "--preset", "tiny", *small], outputs)
+    result = _medgpt(["ppo", "--preset", "tiny", *small], outputs, nproc=2)
+    metrics = _metrics(outputs, "ppo")
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 2, result.stdout[-2000:]
+    assert (outputs / "tiny" / "ppo" / "model.safetensors").exists() or any((outputs / "tiny" / "ppo").glob("*.safetensors"))
+    assert not list((outputs / "tiny").glob("ppo.tmp*")), "a process left a partial stage folder"

@@ -7,9 +7,10 @@ from pathlib import Path
 import medgpt_utils
 
 PACKAGE = Path(medgpt_utils.__file__).parent
-# On top of the stages: the command line, the whole-pipeline evaluation and report, benchmarks, notebook setup.
+# On top of the stages: the command line, the whole-pipeline evaluation and report, benchmarks (ours and lm-eval's),
+# the hand-off to verl, notebook setup.
 TOP = {"medgpt_utils.cli", "medgpt_utils.compare", "medgpt_utils.report", "medgpt_utils.bench", "medgpt_utils.notebook",
-       "medgpt_utils.rl_seeds"}
+       "medgpt_utils.rl_seeds", "medgpt_utils.harness", "medgpt_utils.verl_export"}
 
 
 def module_name(path: Path) -> str:

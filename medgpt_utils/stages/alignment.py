@@ -18,7 +18,7 @@ from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
 from ..sources import local_files_signature
-from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage, stage_data,
+from ..training import (StageRun, as_dataset, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage, stage_data,
                         stage_output, timed)
 from . import reward, sft
 
@@ -69,12 +69,10 @@ def heldout_prompts(preset: Preset):
     return as_dataset(rows[:: preset.rl.heldout_prompt_stride])
 
 
-def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
-    """The recipe DPO, ORPO and GRPO share: LoRA policy on the SFT model, judge the SFT model,
-    train with ``build_trainer(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics)``
-    (it may record how it prepared its data in ``metrics``), judge again, save adapter + merged model + ``metrics.json`` to ``outputs/<preset>/<stage>/``."""
-    import shutil
-
+def prepare(preset: Preset, stage: str) -> StageRun:
+    """What DPO, ORPO and GRPO share before their trainer: the SFT and reward models (built if missing), the
+    policy (the SFT model plus a fresh LoRA adapter), and the SFT model judged on the held-out prompts.
+    ``run.extras`` holds the reward model and its tokenizer, the held-out prompts and the SFT model's judgement."""
     sft_path, reward_path = ensure_inputs(preset)
     seed_stage(preset, preset.alignment_seed)
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
@@ -85,23 +83,31 @@ def train_and_judge(preset: Preset, stage: str, build_trainer) -> Path:
                "parameters": models.count_parameters(policy), "data": prompt_data_report(preset)}
     with policy.disable_adapter(), timed(metrics, "judge_sft_seconds"):
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
+    return StageRun(preset, stage, policy, tokenizer, sft_path, metrics, eval_set=rows,
+                    extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "before": before})
 
-    with stage_output(preset, stage) as out:
-        with timed(metrics, "trainer_setup_seconds"):  # tokenising the data set, reference adapters
-            trainer = prepared(build_trainer(policy, tokenizer, reward_model, reward_tokenizer, out / "trainer", metrics), preset, stage)
-        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-            trainer.train()
-        policy = trainer.model
-        after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
-        metrics.update(comparison(before, after), loss_history=loss_history(trainer), examples=examples(rows, before, after),
-                       kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
-                                                       preset.max_new_tokens, preset.rl.temperature))
-        metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
+
+def judge_and_save(run: StageRun, policy, loss_curve: dict, name: str | None = None) -> Path:
+    """The trained ``policy`` judged on the same prompts as the SFT model (score, win rate, recall, urgent care,
+    KL, the verdict), then adapter, merged model and ``metrics.json`` saved to ``outputs/<preset>/<name>/``."""
+    preset, tokenizer, rows, metrics, x = run.preset, run.tokenizer, run.eval_set, run.metrics, run.extras
+    name = name or run.stage
+    after = judge(policy, tokenizer, x["reward_model"], x["reward_tokenizer"], rows, preset.max_new_tokens, preset.conditions)
+    metrics.update(comparison(x["before"], after), loss_history=loss_curve, examples=examples(rows, x["before"], after),
+                   kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
+                                                   preset.max_new_tokens, preset.rl.temperature))
+    metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
+    run.clean_up()
+    with stage_output(preset, name) as out:
         if is_main_process():
-            shutil.rmtree(out / "trainer", ignore_errors=True)
-            models.save_trained(preset, stage, policy, tokenizer, sft_path, out)
-            save_metrics(out, metrics, preset, stage)
-    return stage_dir(preset.name, stage)
+            models.save_trained(preset, run.stage, policy, tokenizer, run.start_path, out)
+            save_metrics(out, metrics, preset, run.stage)
+    return stage_dir(preset.name, name)
+
+
+def finish(run: StageRun, trainer) -> Path:
+    """After ``trainer.train()`` (DPO, ORPO, GRPO): the trained policy judged and saved (``judge_and_save``)."""
+    return judge_and_save(run, trainer.model, loss_history(trainer))
 
 
 METHODS = stage_names(aligns=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..presets import Preset
-from ..training import trainer_arguments
-from . import pairs
+from ..training import measuring, prepared, trainer_arguments
+from . import alignment, pairs
 
 STAGE = "dpo"
 
@@ -31,8 +31,14 @@ def dpo_config(preset: Preset, output_dir):
 
 
 def run(preset: Preset) -> Path:
-    """The DPO stage; its pairs come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
+    """The whole stage, as ``medgpt dpo`` runs it (notebook 05 takes the same steps one cell at a time); its pairs
+    come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
     from trl import DPOTrainer
 
+    run = pairs.prepare(preset, STAGE)
     # ref_model=None with a LoRA policy: TRL scores the reference with the adapter off
-    return pairs.train_on_pairs(preset, STAGE, DPOTrainer, dpo_config, ref_model=None)
+    trainer = prepared(DPOTrainer(model=run.model, ref_model=None, args=dpo_config(preset, run.workdir),
+                                  train_dataset=run.train_set, processing_class=run.tokenizer), preset, STAGE)
+    with measuring(run):
+        trainer.train()
+    return alignment.finish(run, trainer)

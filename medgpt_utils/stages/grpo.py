@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..evaluation import key_fact_rule_scores, urgent_care_rule_scores, wrong_condition_rule_scores
 from ..presets import Preset
-from ..training import trainer_arguments
-from .alignment import train_and_judge, training_prompts
+from ..training import StageRun, measuring, prepared, trainer_arguments
+from . import alignment
+from .alignment import training_prompts
 
 STAGE = "grpo"
 
@@ -66,18 +67,30 @@ def grpo_config(preset: Preset, output_dir, columns=None):
     )
 
 
-def run(preset: Preset) -> Path:
-    from trl import GRPOTrainer
-
+def prepare(preset: Preset) -> StageRun:
+    """GRPO's inputs (``alignment.prepare``) plus its training prompts, with the columns its rules read."""
+    run = alignment.prepare(preset, STAGE)
     prompts = training_prompts(preset)
     rule_columns = sorted({c for cols in RULE_COLUMNS.values() for c in cols} & set(prompts.column_names))
-    prompts = prompts.select_columns(["prompt"] + rule_columns)
+    run.train_set = prompts.select_columns(["prompt"] + rule_columns)
+    return run
 
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
-        config = grpo_config(preset, workdir, prompts.column_names)
-        funcs = [reward_model] + [f for f, _ in rule_functions(preset, prompts.column_names)]
-        return GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=prompts,
-                           processing_class=tokenizer,
-                           reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))
 
-    return train_and_judge(preset, STAGE, build)
+def reward_functions(run: StageRun) -> list:
+    """The reward model first, then each rule switched on (``rule_functions``) that the prompts can feed."""
+    return [run.extras["reward_model"]] + [f for f, _ in rule_functions(run.preset, run.train_set.column_names)]
+
+
+def run(preset: Preset) -> Path:
+    """The whole stage, as ``medgpt grpo`` runs it (notebook 05 takes the same steps one cell at a time)."""
+    from trl import GRPOTrainer
+
+    run = prepare(preset)
+    funcs = reward_functions(run)
+    trainer = prepared(GRPOTrainer(model=run.model, reward_funcs=funcs, args=grpo_config(preset, run.workdir, run.train_set.column_names),
+                                   train_dataset=run.train_set, processing_class=run.tokenizer,
+                                   reward_processing_classes=[run.extras["reward_tokenizer"]] + [None] * (len(funcs) - 1)),
+                       preset, STAGE)
+    with measuring(run):
+        trainer.train()
+    return alignment.finish(run, trainer)

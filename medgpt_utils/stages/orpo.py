@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..presets import Preset
-from ..training import trainer_arguments
-from . import pairs
+from ..training import measuring, prepared, trainer_arguments
+from . import alignment, pairs
 
 STAGE = "orpo"
 
@@ -26,7 +26,13 @@ def orpo_config(preset: Preset, output_dir):
 
 
 def run(preset: Preset) -> Path:
-    """The ORPO stage; its pairs come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
+    """The whole stage, as ``medgpt orpo`` runs it (notebook 05 takes the same steps one cell at a time); its pairs
+    come from ``preference.pair_source`` ("sampled", or "data": the pairs of ``data.preference``)."""
     from trl.experimental.orpo import ORPOTrainer
 
-    return pairs.train_on_pairs(preset, STAGE, ORPOTrainer, orpo_config)
+    run = pairs.prepare(preset, STAGE)
+    trainer = prepared(ORPOTrainer(model=run.model, args=orpo_config(preset, run.workdir), train_dataset=run.train_set,
+                                   processing_class=run.tokenizer), preset, STAGE)
+    with measuring(run):
+        trainer.train()
+    return alignment.finish(run, trainer)

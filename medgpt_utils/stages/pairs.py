@@ -26,9 +26,10 @@ from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from ..sources import local_files_signature
-from ..training import is_main_process, timed
+from ..training import StageRun, is_main_process, timed
 from . import reward, sft
-from .alignment import train_and_judge, training_prompts
+from . import alignment
+from .alignment import training_prompts
 
 SOURCES = ("sampled", "data")
 CACHE = "sampled_pairs"
@@ -163,15 +164,13 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
     return pairs
 
 
-def train_on_pairs(preset: Preset, stage: str, trainer_class, config_for, **trainer_kwargs) -> Path:
-    """The recipe DPO and ORPO share: pairs from ``preference.pair_source``, then ``trainer_class`` on them,
-    judged against the SFT model (``alignment.train_and_judge``)."""
-    def build(policy, tokenizer, reward_model, reward_tokenizer, workdir, metrics):
-        train_pairs = load_pairs(preset, preset.preference.pair_source, policy, tokenizer, reward_model, reward_tokenizer, metrics)
-        return trainer_class(model=policy, args=config_for(preset, workdir), train_dataset=train_pairs,
-                             processing_class=tokenizer, **trainer_kwargs)
-
-    return train_and_judge(preset, stage, build)
+def prepare(preset: Preset, stage: str) -> StageRun:
+    """DPO's and ORPO's inputs (``alignment.prepare``) plus their training pairs (``preference.pair_source``)
+    in ``run.train_set``."""
+    run = alignment.prepare(preset, stage)
+    run.train_set = load_pairs(preset, preset.preference.pair_source, run.model, run.tokenizer, run.extras["reward_model"],
+                               run.extras["reward_tokenizer"], run.metrics)
+    return run
 
 
 def write_cache(folder: Path, rows: list[dict], key: dict, summary: dict) -> None:

@@ -26,7 +26,7 @@ from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..presets import Preset, field_value
-from ..training import is_main_process, peak_memory, save_metrics, seed_stage, stage_output, timed
+from ..training import StageRun, is_main_process, measuring, save_metrics, seed_stage, stage_output
 from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, training_prompts
 
 STAGE = "ppo"
@@ -55,6 +55,17 @@ def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
     return output_root() / preset.name / f"{name}_checkpoint"
 
 
+def step_prompts(preset: Preset, config: ppo.PPOConfig, prompt_texts: list[str], step: int) -> list[str]:
+    """The prompts of PPO step ``step`` (from 0): ``ppo.batch_size / rl.samples_per_prompt`` distinct training prompts,
+    drawn with a seed of their own (the same prompts for a step, resumed or not), each repeated k times in a row."""
+    k = config.samples_per_prompt
+    if config.prompts_per_step % k:
+        raise ValueError(f"ppo.batch_size={config.prompts_per_step} answers per step must be a multiple of "
+                         f"rl.samples_per_prompt={k}")
+    rng = random.Random(preset.alignment_seed * 100_003 + step)
+    return ppo.repeat_prompts(rng.sample(prompt_texts, config.prompts_per_step // k), k)
+
+
 def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int, checkpoint: Path | None = None,
           progress: bool = True) -> list[dict]:
     """Run PPO steps on shuffled training prompts; resumes from ``checkpoint`` if one is there."""
@@ -69,73 +80,85 @@ def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int
             print(f"{checkpoint} was made with other PPO settings: starting afresh")
             shutil.rmtree(checkpoint)
     history = []
-    k = loop.config.samples_per_prompt
-    if loop.config.prompts_per_step % k:
-        raise ValueError(f"ppo.batch_size={loop.config.prompts_per_step} answers per step must be a multiple of "
-                         f"rl.samples_per_prompt={k}")
-    prompts_per_step = loop.config.prompts_per_step // k  # distinct prompts; each answered k times
     for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):
-        rng = random.Random(preset.alignment_seed * 100_003 + step)  # the same prompts for a step, resumed or not
-        history.append(loop.step(ppo.repeat_prompts(rng.sample(prompt_texts, prompts_per_step), k)))
+        # In a data-parallel run (torchrun / accelerate launch) each process takes its share of the step's prompts.
+        history.append(loop.step(ppo.local_share(step_prompts(preset, loop.config, prompt_texts, step), loop.config.samples_per_prompt)))
         if checkpoint is not None and (step + 1) % preset.rl.save_every == 0 and is_main_process():
             loop.save_checkpoint(checkpoint)
     return history
 
 
-def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
-    """The PPO stage: saves to ``outputs/<preset>/<name>/`` (``name`` keeps a lesson's variant, made with
-    ``override(preset, …)``, beside the main run)."""
-    steps = preset.ppo.max_steps
-    if steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
-        raise ValueError(f"PPO needs ppo.max_steps > 0 (got {steps}); set it with --set ppo.max_steps=N")
+def prepare(preset: Preset, name: str = STAGE) -> StageRun:
+    """Everything before the PPO loop: the SFT model with a fresh LoRA adapter (the policy; adapter off: the
+    reference), the reward model, the training prompts (``run.train_set``, chat-templated texts), the reward
+    function, and the SFT model judged on the held-out prompts (``run.eval_set``)."""
+    if preset.ppo.max_steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
+        raise ValueError(f"PPO needs ppo.max_steps > 0 (got {preset.ppo.max_steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
-    seed_stage(preset, preset.alignment_seed)
+    rank, processes = ppo.init_data_parallel(preset.device)  # under a launcher: one process per device
+    if processes > 1 and preset.ppo.batch_size % (processes * preset.rl.samples_per_prompt):
+        raise ValueError(f"ppo.batch_size={preset.ppo.batch_size} answers per step cannot be shared by {processes} processes "
+                         f"in groups of rl.samples_per_prompt={preset.rl.samples_per_prompt}")
+    seed_stage(preset, preset.alignment_seed)  # every process starts from the same adapter and value head
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
     policy = models.load_lora_model(preset, sft_path)
     reward_model, reward_tokenizer = load_reward_scorer(preset, reward_path, tokenizer.pad_token_id)
-    config = ppo_config(preset)
-
     train_rows = training_prompts(preset)
     row_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows))
 
     def reward_fn(prompt_texts, batch, answers):
-        """The reward model's score plus the rules (``evaluation.rule_rewards``: urgent care, wrong condition)."""
+        """The reward model's score plus the rules (``evaluation.rule_rewards``: urgent care, wrong condition, key facts)."""
         rows_ = [row_by_text[t] for t in prompt_texts]
         conversations = [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows_, answers)]
         scores = torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
         return scores + torch.tensor(rule_rewards(answers, rows_, preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty,
-                                                         preset.rl.key_fact_reward))
+                                                  preset.rl.key_fact_reward))
 
-    loop = ppo.PPOLoop(policy, tokenizer, reward_fn, config)
     rows = heldout_prompts(preset)
-    metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(config), "steps": steps,
+    metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(ppo_config(preset)), "steps": preset.ppo.max_steps,
                "heldout_prompts": len(rows), "parameters": models.count_parameters(policy),
                "data": prompt_data_report(preset)}
     with policy.disable_adapter():
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
+    return StageRun(preset, STAGE, policy, tokenizer, sft_path, metrics, train_set=list(row_by_text), eval_set=rows,
+                    extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "reward_fn": reward_fn,
+                            "before": before, "name": name})
 
-    checkpoint = checkpoint_dir(preset, name) if resume else None
-    with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-        history = train(preset, loop, list(row_by_text), steps, checkpoint)
-    after = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
+
+def finish(run: StageRun, loop: ppo.PPOLoop, history: list[dict]) -> Path:
+    """After the PPO steps: the policy judged on the SFT model's prompts, the KL to the reference, the verdict;
+    the checkpoint (adapter, value head, optimizer) and the merged model saved to ``outputs/<preset>/<name>/``."""
+    preset, policy, tokenizer, metrics, x = run.preset, run.model, run.tokenizer, run.metrics, run.extras
+    rows, config, name = run.eval_set, loop.config, x["name"]
+    after = judge(policy, tokenizer, x["reward_model"], x["reward_tokenizer"], rows, preset.max_new_tokens, preset.conditions)
     kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                          config.max_new_tokens, config.temperature)
-
     metrics.update(
-        comparison(before, after),
+        comparison(x["before"], after),
         kl_to_reference=kl,
-        time_split={k: sum(h[k] for h in history) for k in ("time_generate", "time_score", "time_update")},
+        time_split={k: sum(h.get(k, 0.0) for h in history) for k in ("time_generate", "time_score", "time_update")},
         history=[{k: v for k, v in h.items() if k != "sample_answer"} for h in history],
         sample_answers=[h["sample_answer"] for h in history[-3:]],
-        examples=examples(rows, before, after),
+        examples=examples(rows, x["before"], after),
     )
     metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
+    run.clean_up()
     with stage_output(preset, name) as out:
         if is_main_process():
             loop.save_checkpoint(out / "checkpoint")  # adapter, value head, optimizer: resumable
-            models.merge_adapter(sft_path, out / "checkpoint" / "adapter", out, dtype=preset.torch_dtype,
+            models.merge_adapter(run.start_path, out / "checkpoint" / "adapter", out, dtype=preset.torch_dtype,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
             save_metrics(out, metrics, preset, STAGE)
-    if checkpoint is not None:
-        shutil.rmtree(checkpoint, ignore_errors=True)  # the finished stage folder supersedes it
+    shutil.rmtree(checkpoint_dir(preset, name), ignore_errors=True)  # the finished stage folder supersedes it
     return stage_dir(preset.name, name)
+
+
+def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
+    """The whole stage, as ``medgpt ppo`` runs it (notebook 04 takes the same steps one cell at a time): saves to
+    ``outputs/<preset>/<name>/`` (``name`` keeps a lesson's variant, made with ``override(preset, …)``, beside
+    the main run); ``resume`` picks up an interrupted run's checkpoint."""
+    run = prepare(preset, name)
+    loop = ppo.PPOLoop(run.model, run.tokenizer, run.extras["reward_fn"], ppo_config(preset))
+    with measuring(run):
+        history = train(preset, loop, run.train_set, preset.ppo.max_steps, checkpoint_dir(preset, name) if resume else None)
+    return finish(run, loop, history)

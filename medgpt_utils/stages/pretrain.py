@@ -8,7 +8,6 @@ adapter on the 4-bit base (QLoRA) and merge it into a standalone model for the n
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .. import models
@@ -16,7 +15,8 @@ from ..artifacts import stage_dir
 from ..data import pack_texts
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
-from ..training import bundled, is_main_process, peak_memory, prepared, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale, stage_data, data_report
+from ..training import (StageRun, build_if_stale, bundled, data_report, is_main_process, loss_history, measuring, prepared, save_metrics, seed_stage,
+                        stage_data, stage_output, trainer_arguments)
 from . import base
 
 STAGE = "pt"
@@ -33,9 +33,10 @@ def load_start_model(preset: Preset):
     return models.load_trainable(preset, base.model_path(preset), STAGE)
 
 
-def run(preset: Preset) -> Path:
+def prepare(preset: Preset) -> StageRun:
+    """Everything before the trainer: the tokenizer, the packed training blocks, the model, and the held-out
+    loss (and the knowledge base's cloze accuracy) before training."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
 
     if preset.base_model is None:
         build_if_stale(preset, base)
@@ -46,32 +47,52 @@ def run(preset: Preset) -> Path:
     if not heldout_texts:
         raise ValueError("data.pt: no validation text (give data.pt_validation, or a data.validation_percent above 0)")
     blocks = pack_texts(train_texts, tokenizer, preset.block_size)
-    train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-
     model = load_start_model(preset)
     metrics = {"stage": STAGE, "preset": preset.name, "train_blocks": len(blocks), "block_size": preset.block_size,
-               "data": data_report(texts)}
-    metrics["parameters"] = models.count_parameters(model)
+               "data": data_report(texts), "parameters": models.count_parameters(model)}
     metrics["heldout_loss_before"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
     cloze = cloze_items(preset) if texts.uses_bundled else None  # the knowledge base's openings: only with its text
     if cloze is not None:
         metrics["cloze_before"] = cloze_accuracy(model, tokenizer, cloze)
+    return StageRun(preset, STAGE, model, tokenizer, base.model_path(preset), metrics,
+                    train_set=Dataset.from_dict({"input_ids": blocks, "labels": blocks}), eval_set=heldout_texts,
+                    extras={"cloze": cloze})
 
+
+def training_arguments(run: StageRun):
+    """The ``TrainingArguments`` of the preset's ``pt`` knobs."""
+    from transformers import TrainingArguments
+
+    return trainer_arguments(TrainingArguments, run.preset, run.preset.pt, run.workdir)
+
+
+def finish(run: StageRun, trainer, result) -> Path:
+    """After ``trainer.train()``: held-out loss and perplexity after, throughput, and the model saved."""
+    preset, model, tokenizer, metrics = run.preset, run.model, run.tokenizer, run.metrics
+    metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, run.eval_set, preset.block_size)
+    if run.extras["cloze"] is not None:
+        metrics["cloze_after"] = cloze_accuracy(model, tokenizer, run.extras["cloze"])
+    args = trainer.args
+    metrics["train_tokens"] = result.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * preset.block_size
+    metrics["tokens_per_second"] = round(metrics["train_tokens"] / max(metrics["train_seconds"], 1e-9), 1)
+    for key in ("before", "after"):
+        metrics[f"heldout_perplexity_{key}"] = perplexity(metrics[f"heldout_loss_{key}"])
+    metrics["loss_history"] = loss_history(trainer)
+    run.clean_up()
     with stage_output(preset, STAGE) as out:
-        args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer")
-        trainer = prepared(Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator), preset, STAGE)
-        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-            result = trainer.train()
-        metrics["heldout_loss_after"] = heldout_loss(model, tokenizer, heldout_texts, preset.block_size)
-        if cloze is not None:
-            metrics["cloze_after"] = cloze_accuracy(model, tokenizer, cloze)
-        metrics["train_tokens"] = result.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * preset.block_size
-        metrics["tokens_per_second"] = round(metrics["train_tokens"] / max(metrics["train_seconds"], 1e-9), 1)
-        for key in ("before", "after"):
-            metrics[f"heldout_perplexity_{key}"] = perplexity(metrics[f"heldout_loss_{key}"])
-        metrics["loss_history"] = loss_history(trainer)
         if is_main_process():
-            shutil.rmtree(out / "trainer", ignore_errors=True)
-            models.save_trained(preset, STAGE, model, tokenizer, base.model_path(preset), out)
+            models.save_trained(preset, STAGE, model, tokenizer, run.start_path, out)
             save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)
+
+
+def run(preset: Preset) -> Path:
+    """The whole stage, as ``medgpt pt`` runs it (notebook 01 takes the same steps one cell at a time)."""
+    from transformers import Trainer, default_data_collator
+
+    run = prepare(preset)
+    trainer = prepared(Trainer(model=run.model, args=training_arguments(run), train_dataset=run.train_set,
+                               data_collator=default_data_collator), preset, STAGE)
+    with measuring(run):
+        result = trainer.train()
+    return finish(run, trainer, result)

@@ -8,15 +8,14 @@ held-out pairs, overall and for every kind of rejected answer.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .. import models
 from ..scoring import pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
-from ..training import (as_dataset, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage, stage_data,
-                        stage_output, timed, trainer_arguments)
+from ..training import (StageRun, as_dataset, build_if_stale, data_report, is_main_process, loss_history, measuring, prepared, save_metrics,
+                        seed_stage, stage_data, stage_output, trainer_arguments)
 from . import sft
 
 STAGE = "rm"
@@ -37,9 +36,9 @@ def start_model_path(preset: Preset) -> Path | str:
     return stage_dir(preset.name, sft.STAGE)
 
 
-def run(preset: Preset) -> Path:
-    from trl import RewardConfig, RewardTrainer
-
+def prepare(preset: Preset) -> StageRun:
+    """Everything before the trainer: the SFT model (built if missing) with a scalar head and a LoRA adapter,
+    the training and held-out pairs, and the pairwise accuracy before training."""
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
@@ -50,22 +49,42 @@ def run(preset: Preset) -> Path:
     model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
     metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model),
                "data": data_report(pairs)}
-    before = pairwise_accuracy(model, tokenizer, heldout_pairs)
-    metrics.update(accuracy_before=before["accuracy"])
+    metrics["accuracy_before"] = pairwise_accuracy(model, tokenizer, heldout_pairs)["accuracy"]
+    return StageRun(preset, STAGE, model, tokenizer, base_path, metrics, train_pairs, heldout_pairs)
 
+
+def reward_config(run: StageRun):
+    """The ``RewardConfig`` of the preset's ``rm`` knobs."""
+    from trl import RewardConfig
+
+    return trainer_arguments(RewardConfig, run.preset, run.preset.rm, run.workdir, max_length=run.preset.max_length)
+
+
+def finish(run: StageRun, trainer) -> Path:
+    """After ``trainer.train()``: pairwise accuracy after (overall and by kind of rejected answer); the adapter
+    saved and merged into a standalone reward model."""
+    preset, model, metrics = run.preset, run.model, run.metrics
+    after = pairwise_accuracy(model, run.tokenizer, run.eval_set)
+    metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
+                   heldout_pairs=len(run.eval_set), loss_history=loss_history(trainer),
+                   chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
+    run.clean_up()
     with stage_output(preset, STAGE) as out:
-        args = trainer_arguments(RewardConfig, preset, preset.rm, out / "trainer", max_length=preset.max_length)
-        trainer = prepared(RewardTrainer(model=model, args=args, train_dataset=train_pairs, processing_class=tokenizer), preset, STAGE)
-        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-            trainer.train()
-        after = pairwise_accuracy(model, tokenizer, heldout_pairs)
-        metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
-                       heldout_pairs=len(heldout_pairs), loss_history=loss_history(trainer),
-                       chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
         if is_main_process():
-            shutil.rmtree(out / "trainer", ignore_errors=True)
             model.save_pretrained(out / "adapter", safe_serialization=True)
-            models.merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
+            models.merge_adapter(run.start_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
             save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)
+
+
+def run(preset: Preset) -> Path:
+    """The whole stage, as ``medgpt rm`` runs it (notebook 03 takes the same steps one cell at a time)."""
+    from trl import RewardTrainer
+
+    run = prepare(preset)
+    trainer = prepared(RewardTrainer(model=run.model, args=reward_config(run), train_dataset=run.train_set,
+                                     processing_class=run.tokenizer), preset, STAGE)
+    with measuring(run):
+        trainer.train()
+    return finish(run, trainer)

@@ -9,15 +9,14 @@ dialogues and by key-fact recall on held-out questions, before and after.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .. import models
 from ..artifacts import stage_dir
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
-from ..training import (as_dataset, bundled, build_if_stale, data_report, is_main_process, loss_history, peak_memory, prepared, save_metrics, seed_stage,
-                        stage_data, stage_output, timed, trainer_arguments)
+from ..training import (StageRun, as_dataset, build_if_stale, bundled, data_report, is_main_process, loss_history, measuring, prepared,
+                        save_metrics, seed_stage, stage_data, stage_output, trainer_arguments)
 from . import pretrain
 
 STAGE = "sft"
@@ -83,9 +82,9 @@ def real_tokens(trainer) -> int:
     return sum(len(ids) for ids in trainer.train_dataset["input_ids"])
 
 
-def run(preset: Preset) -> Path:
-    from trl import SFTTrainer
-
+def prepare(preset: Preset) -> StageRun:
+    """Everything before the trainer: the PT model (built if missing) with its trainable weights, the dialogues,
+    and the knowledge measures before training (when the knowledge base's dialogues are among the data)."""
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
@@ -95,28 +94,42 @@ def run(preset: Preset) -> Path:
     metrics = {"stage": STAGE, "preset": preset.name, "train_dialogues": len(train_set), "parameters": models.count_parameters(model),
                "data": data_report(dialogues)}
     # The knowledge base's questions measure what its dialogues teach: with the user's data alone, the held-out loss does.
-    measure_knowledge = dialogues.uses_bundled
-    before = knowledge(model, tokenizer, preset) if measure_knowledge else None
+    before = knowledge(model, tokenizer, preset) if dialogues.uses_bundled else None
     if before:
         metrics["recall_before"] = before["heldout"]["recall"]
+    return StageRun(preset, STAGE, model, tokenizer, base_path, metrics, train_set, eval_set,
+                    extras={"knowledge_before": before})
 
+
+def finish(run: StageRun, trainer, result) -> Path:
+    """After ``trainer.train()``: held-out loss, throughput and the knowledge measures after; the model saved."""
+    preset, model, tokenizer, metrics = run.preset, run.model, run.tokenizer, run.metrics
+    metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    epochs = result.metrics.get("epoch", preset.sft.epochs)
+    metrics["real_tokens_per_second"] = round(real_tokens(trainer) * epochs / metrics["train_seconds"], 1)
+    metrics["loss_history"] = loss_history(trainer)
+    before = run.extras["knowledge_before"]
+    if before:
+        after = knowledge(model, tokenizer, preset)
+        metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
+                       ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
+                       heldout_questions=after["heldout"]["n"])
+    run.clean_up()
     with stage_output(preset, STAGE) as out:
-        trainer = prepared(SFTTrainer(model=model, args=sft_config(preset, out / "trainer"), train_dataset=train_set,
-                                      eval_dataset=eval_set, processing_class=tokenizer), preset, STAGE)
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        with timed(metrics, "train_seconds"), peak_memory(metrics, preset):
-            result = trainer.train()
-        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-        epochs = result.metrics.get("epoch", preset.sft.epochs)
-        metrics["real_tokens_per_second"] = round(real_tokens(trainer) * epochs / metrics["train_seconds"], 1)
-        metrics["loss_history"] = loss_history(trainer)
-        if measure_knowledge:
-            after = knowledge(model, tokenizer, preset)
-            metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
-                           ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
-                           heldout_questions=after["heldout"]["n"])
         if is_main_process():
-            shutil.rmtree(out / "trainer", ignore_errors=True)
-            models.save_trained(preset, STAGE, model, tokenizer, base_path, out)
+            models.save_trained(preset, STAGE, model, tokenizer, run.start_path, out)
             save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)
+
+
+def run(preset: Preset) -> Path:
+    """The whole stage, as ``medgpt sft`` runs it (notebook 02 takes the same steps one cell at a time)."""
+    from trl import SFTTrainer
+
+    run = prepare(preset)
+    trainer = prepared(SFTTrainer(model=run.model, args=sft_config(preset, run.workdir), train_dataset=run.train_set,
+                                  eval_dataset=run.eval_set, processing_class=run.tokenizer), preset, STAGE)
+    run.metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    with measuring(run):
+        result = trainer.train()
+    return finish(run, trainer, result)

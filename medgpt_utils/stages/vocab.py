@@ -9,7 +9,6 @@ Measured by tokens per character on held-out medical text, before and after.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,7 +17,8 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
-from ..training import prepared, stage_data, is_main_process, loss_history, save_metrics, stage_output, timed, trainer_arguments, seed_stage, build_if_stale
+from ..training import (StageRun, build_if_stale, is_main_process, loss_history, measuring, prepared, save_metrics, seed_stage, stage_data,
+                        stage_output, trainer_arguments)
 from . import pretrain
 
 STAGE = "vocab"
@@ -63,10 +63,8 @@ def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
     return new_ids
 
 
-def run(preset: Preset) -> Path:
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
+def prepare(preset: Preset) -> StageRun:
+    """The PT model (built if missing) and its tokenizer, and tokens per character on held-out text before."""
     build_if_stale(preset, pretrain)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     start = stage_dir(preset.name, pretrain.STAGE)
@@ -76,40 +74,71 @@ def run(preset: Preset) -> Path:
     heldout = data.split_by_language([r["text"] for r in texts.validation])
     metrics = {"stage": STAGE, "preset": preset.name, "vocab_before": len(tokenizer)}
     metrics["tokens_per_char_before"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
-    all_heldout = heldout["en"] + heldout["zh"]
-    metrics["tokens_per_char_all_before"] = tokens_per_char(tokenizer, all_heldout)
+    metrics["tokens_per_char_all_before"] = tokens_per_char(tokenizer, heldout["en"] + heldout["zh"])
+    return StageRun(preset, STAGE, model, tokenizer, start, metrics, eval_set=heldout, extras={"texts": texts})
 
-    candidates = split_terms(tokenizer, knowledge_base_terms(preset.conditions), preset.vocab.min_pieces)[: preset.vocab.max_added_tokens]
-    new_ids = add_terms(model, tokenizer, [t for t, _ in candidates])
-    metrics.update(added_tokens=len(new_ids), vocab_after=len(tokenizer), examples=candidates[:10])
+
+def candidates(run: StageRun) -> list[tuple[str, int]]:
+    """The knowledge-base terms to add: split into ``vocab.min_pieces`` or more, at most ``vocab.max_added_tokens``."""
+    knobs = run.preset.vocab
+    return split_terms(run.tokenizer, knowledge_base_terms(run.preset.conditions), knobs.min_pieces)[: knobs.max_added_tokens]
+
+
+def after_resize(run: StageRun, added: list[tuple[str, int]], new_ids: list[int]) -> None:
+    """After ``add_terms``: tokens per character and held-out loss on the new vocabulary; the model made
+    trainable (GPU presets: LoRA plus the new embedding rows only) and the training text packed again."""
+    from datasets import Dataset
+
+    preset, tokenizer, metrics, heldout = run.preset, run.tokenizer, run.metrics, run.eval_set
+    metrics.update(added_tokens=len(new_ids), vocab_after=len(tokenizer), examples=added[:10])
     metrics["tokens_per_char_after"] = {lang: tokens_per_char(tokenizer, texts) for lang, texts in heldout.items()}
-    metrics["tokens_per_char_all_after"] = tokens_per_char(tokenizer, all_heldout)
+    metrics["tokens_per_char_all_after"] = tokens_per_char(tokenizer, heldout["en"] + heldout["zh"])
     # Heldout loss is per token and the tokens changed, so compare it only after vs. right-after-resize.
-    metrics["heldout_loss_after_resize"] = heldout_loss(model, tokenizer, all_heldout, preset.block_size)
-
-    if preset.quantization:  # GPU presets: LoRA, plus training of the new embedding rows only
+    metrics["heldout_loss_after_resize"] = heldout_loss(run.model, tokenizer, heldout["en"] + heldout["zh"], preset.block_size)
+    if preset.quantization:
         from peft import get_peft_model
 
-        model = models.prepare_for_kbit_training(model, preset.gradient_checkpointing)
+        model = models.prepare_for_kbit_training(run.model, preset.gradient_checkpointing)
         config = models.lora_config_for(preset)
         config.trainable_token_indices = {"embed_tokens": new_ids}
-        model = get_peft_model(model, config)
-    blocks = data.pack_texts([r["text"] for r in texts.train], tokenizer, preset.block_size)
-    train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+        run.model = get_peft_model(model, config)
+    blocks = data.pack_texts([r["text"] for r in run.extras["texts"].train], tokenizer, preset.block_size)
+    run.train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def training_arguments(run: StageRun):
+    """The preset's ``pt`` knobs, for ``vocab.train_steps`` steps."""
+    from transformers import TrainingArguments
+
+    return trainer_arguments(TrainingArguments, run.preset, run.preset.pt, run.workdir, max_steps=run.preset.vocab.train_steps,
+                             logging_steps=5)
+
+
+def finish(run: StageRun, trainer) -> Path:
+    """After ``trainer.train()``: the held-out loss after training; model (or adapter) and tokenizer saved."""
+    preset, model, tokenizer, metrics = run.preset, run.model, run.tokenizer, run.metrics
+    metrics["heldout_loss_after_training"] = heldout_loss(model, tokenizer, run.eval_set["en"] + run.eval_set["zh"], preset.block_size)
+    metrics["loss_history"] = loss_history(trainer)
+    run.clean_up()
     with stage_output(preset, STAGE) as out:
-        args = trainer_arguments(TrainingArguments, preset, preset.pt, out / "trainer", max_steps=preset.vocab.train_steps, logging_steps=5)
-        trainer = prepared(Trainer(model=model, args=args, train_dataset=train_set, data_collator=default_data_collator), preset, STAGE)
-        with timed(metrics, "train_seconds"):
-            trainer.train()
-        metrics["heldout_loss_after_training"] = heldout_loss(model, tokenizer, all_heldout, preset.block_size)
-        metrics["loss_history"] = loss_history(trainer)
         if is_main_process():
-            shutil.rmtree(out / "trainer", ignore_errors=True)
-            if preset.quantization:
-                model.save_pretrained(out / "adapter", safe_serialization=True)
-                tokenizer.save_pretrained(out / "adapter")
-            else:
-                model.save_pretrained(out, safe_serialization=True)
-                tokenizer.save_pretrained(out)
+            target = out / "adapter" if preset.quantization else out
+            model.save_pretrained(target, safe_serialization=True)
+            tokenizer.save_pretrained(target)
             save_metrics(out, metrics, preset, STAGE)
     return stage_dir(preset.name, STAGE)
+
+
+def run(preset: Preset) -> Path:
+    """The whole stage, as ``medgpt vocab`` runs it (notebook 01b takes the same steps one cell at a time)."""
+    from transformers import Trainer, default_data_collator
+
+    run = prepare(preset)
+    added = candidates(run)
+    new_ids = add_terms(run.model, run.tokenizer, [t for t, _ in added])
+    after_resize(run, added, new_ids)
+    trainer = prepared(Trainer(model=run.model, args=training_arguments(run), train_dataset=run.train_set,
+                               data_collator=default_data_collator), preset, STAGE)
+    with measuring(run, peak=False):
+        trainer.train()
+    return finish(run, trainer)
