@@ -28,13 +28,13 @@ def test_bad_override_is_a_clear_error(outputs, capsys):
 
 
 @pytest.mark.slow
-def test_run_writes_every_stage_and_the_report(outputs, capsys):
+def test_run_writes_every_stage_and_the_report(outputs, capsys, small_validation):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""
     short = ["pt.max_steps=4", "pt.logging_steps=1", "sft.max_steps=2", "rm.max_steps=2", "eval_question_stride=100",
-             "ppo.max_steps=2", "ppo.batch_size=4", "rl.minibatch_size=2", "rl.heldout_prompt_stride=40",
+             "ppo.max_steps=2", "ppo.batch_size=4", "rl.minibatch_size=2", "rl.heldout_prompt_stride=2",
              "dpo.max_steps=2", "orpo.max_steps=2", "grpo.max_steps=2", "preference.pair_prompts=8",
              "max_new_tokens=16"]  # short answers: the untrained models never stop by themselves
-    args = ["run", "--preset", "tiny"] + [arg for pair in short for arg in ("--set", pair)]
+    args = ["run", "--preset", "tiny", *small_validation] + [arg for pair in short for arg in ("--set", pair)]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     report = outputs / "tiny" / "report.md"

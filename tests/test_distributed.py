@@ -39,14 +39,15 @@ def _metrics(outputs, stage):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,per_device", [("sft", 2), ("rm", 4)])
-def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device):
+def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device, small_validation):
     outputs = tmp_path / "outputs"
+    common = [*COMMON, *small_validation]  # the reward model's accuracy on a few held-out pairs: this test reads losses
     # inputs once, in one process (sft needs pt; rm needs sft)
-    _medgpt(["sft" if stage == "rm" else "pt", "--preset", "tiny", *COMMON], outputs)
+    _medgpt(["sft" if stage == "rm" else "pt", "--preset", "tiny", *common], outputs)
     knobs = ["--set", f"{stage}.max_steps={STEPS}", "--set", f"{stage}.warmup_ratio=0"]
-    _medgpt([stage, "--preset", "tiny", *COMMON, *knobs, "--set", f"{stage}.batch_size={2 * per_device}"], outputs)
+    _medgpt([stage, "--preset", "tiny", *common, *knobs, "--set", f"{stage}.batch_size={2 * per_device}"], outputs)
     single = _metrics(outputs, stage)
-    _medgpt([stage, "--preset", "tiny", *COMMON, *knobs, "--set", f"{stage}.batch_size={per_device}"], outputs, nproc=2)
+    _medgpt([stage, "--preset", "tiny", *common, *knobs, "--set", f"{stage}.batch_size={per_device}"], outputs, nproc=2)
     double = _metrics(outputs, stage)
     assert (single["world_size"], double["world_size"]) == (1, 2)
     one, two = single["loss_history"]["loss"], double["loss_history"]["loss"]
@@ -93,10 +94,10 @@ def test_two_ppo_processes_make_the_single_process_update(tiny_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_ppo_stage_runs_under_a_launcher_and_only_rank_0_writes(tmp_path):
+def test_the_ppo_stage_runs_under_a_launcher_and_only_rank_0_writes(tmp_path, small_validation):
     """`torchrun --nproc_per_node 2 -m medgpt_utils.cli ppo`: every process takes part, rank 0 writes the stage."""
     outputs = tmp_path / "outputs"
-    small = [*COMMON, "--set", "rm.max_steps=2", "--set", "rl.heldout_prompt_stride=48", "--set", "ppo.max_steps=2",
+    small = [*COMMON, *small_validation, "--set", "rm.max_steps=2", "--set", "rl.heldout_prompt_stride=1", "--set", "ppo.max_steps=2",
              "--set", "ppo.batch_size=8", "--set", "rl.samples_per_prompt=2", "--set", "rl.minibatch_size=4"]
     _medgpt(["rm", "--preset", "tiny", *small], outputs)
     result = _medgpt(["ppo", "--preset", "tiny", *small], outputs, nproc=2)

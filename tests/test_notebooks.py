@@ -205,3 +205,14 @@ def test_markdown_carries_no_hand_written_result_numbers(path):
     found = {i: result_numbers(m) for i, m in enumerate(_markdown(path))}
     found = {i: hits for i, hits in found.items() if hits}
     assert not found, f"{path.name}: markdown cells with result numbers: {found}"
+
+
+def test_the_readme_quotes_the_committed_seed_study():
+    """The README's seed-study table is the one notebooks 04 and 05 print from notebooks/seed_study.jsonl."""
+    from medgpt_utils import rl_seeds
+
+    readme = (NOTEBOOKS[0].parent.parent / "README.md").read_text(encoding="utf-8")
+    table = rl_seeds.summary_markdown(rl_seeds.committed_runs()).strip().splitlines()
+    assert len(table) == 2 + 4
+    for line in table:
+        assert line in readme, f"README.md lacks the seed study's row: {line}"

@@ -127,10 +127,10 @@ def test_verls_dataset_reader_reads_the_export(exported, tiny_base):
 
 
 @pytest.mark.slow
-def test_the_reward_function_calls_the_course_reward_model(outputs, monkeypatch):
+def test_the_reward_function_calls_the_course_reward_model(outputs, monkeypatch, small_validation):
     """With a reward model built (small settings), compute_score is its score of the conversation plus the rules."""
     small = ["--set", "pt.max_steps=4", "--set", "sft.max_steps=2", "--set", "rm.max_steps=2",
-             "--set", "eval_question_stride=300", "--set", "max_new_tokens=8"]
+             "--set", "eval_question_stride=300", "--set", "max_new_tokens=8", *small_validation]
     assert cli.main(["rm", "--preset", "tiny", *small]) == 0
     assert cli.main(["export", "verl", "--preset", "tiny", *small]) == 0
     folder = outputs / "tiny" / "verl"
