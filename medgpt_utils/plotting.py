@@ -81,14 +81,12 @@ def _box(ax, xy, text, color):
             bbox=dict(boxstyle="round,pad=0.4", facecolor=color, edgecolor="black", linewidth=0.8))
 
 
-def _arrow(ax, start, end, label="", gap=(0.0, 0.0)):
+def _arrow(ax, start, end, gap=(0.0, 0.0)):
     """An arrow from ``start`` to ``end``, each moved ``gap`` (x) towards the other: from a box's edge, not its centre."""
     direction = 1 if end[0] >= start[0] else -1
     start, end = (start[0] + direction * gap[0], start[1]), (end[0] - direction * gap[1], end[1])
     ax.annotate("", xy=end, xytext=start, zorder=1,
                 arrowprops=dict(arrowstyle="-|>", color="black", lw=1, shrinkA=2, shrinkB=2))
-    if label:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, label, ha="center", fontsize=8, color="dimgray")
 
 
 def plot_pipeline(pipeline=None):

@@ -65,11 +65,11 @@ def rule_weights(preset: Preset) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=2)
 def _reward_scorer(path: str):
+    import torch
+
     from . import models
 
     tokenizer = models.load_tokenizer(path)
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = models.load_reward_model(path, pad_token_id=tokenizer.pad_token_id, device=device)
     model.eval().requires_grad_(False)

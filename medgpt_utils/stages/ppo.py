@@ -95,7 +95,7 @@ def prepare(preset: Preset, name: str = STAGE) -> StageRun:
     if preset.ppo.max_steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
         raise ValueError(f"PPO needs ppo.max_steps > 0 (got {preset.ppo.max_steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
-    rank, processes = ppo.init_data_parallel(preset.device)  # under a launcher: one process per device
+    _, processes = ppo.init_data_parallel(preset.device)  # under a launcher: one process per device
     if processes > 1 and preset.ppo.batch_size % (processes * preset.rl.samples_per_prompt):
         raise ValueError(f"ppo.batch_size={preset.ppo.batch_size} answers per step cannot be shared by {processes} processes "
                          f"in groups of rl.samples_per_prompt={preset.rl.samples_per_prompt}")
