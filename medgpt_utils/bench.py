@@ -95,9 +95,12 @@ def _sft_dialogues(preset: Preset):
 
 def _assistant_labels(tokenizer, dialogues):
     """Token ids and labels (-100 outside the assistant's turns), as TRL's assistant-only loss makes them."""
-    rows = {"input_ids": [], "labels": []}
+    from .models import training_chat_template
+
+    rows, template = {"input_ids": [], "labels": []}, training_chat_template(tokenizer)
     for messages in dialogues["messages"]:
-        out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True, tokenize=True)
+        out = tokenizer.apply_chat_template(messages, chat_template=template, return_dict=True, return_assistant_tokens_mask=True,
+                                            tokenize=True)
         ids, mask = out["input_ids"], out["assistant_masks"]
         rows["input_ids"].append(ids)
         rows["labels"].append([t if m else -100 for t, m in zip(ids, mask)])

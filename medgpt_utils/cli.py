@@ -180,10 +180,7 @@ def _main(argv: list[str] | None) -> int:
     if getattr(args, "dry_run", None):
         from . import dryrun
 
-        cap = dryrun.cap_gpu_memory(preset.name) if args.dry_run == "full" else None
-        preset = dryrun.stand_in(preset, args.dry_run)
-        print(f"[dry run] {preset.name}: stand-in models {preset.base_model}"
-              f"{f', GPU capped at {cap} GiB' if cap else ''}; {preset.describe()}")
+        preset = dryrun.announced(preset, args.dry_run)
     if args.command == "bench-eval":
         from .harness import evaluate_stages as bench
 

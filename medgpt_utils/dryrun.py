@@ -1,15 +1,16 @@
 """A GPU preset's stages without its hub models: stand-ins of the same architecture, built locally.
 
 ``stand_in(preset, scale)`` builds, for the preset's base model and reward base model, a Qwen2 model with
-random weights (nothing downloaded) and a ChatML (Qwen-style) tokenizer trained on the bundled corpus, and
-returns the preset pointed at them, with a few steps per stage:
+random weights (nothing downloaded) and a tokenizer trained on the bundled corpus that carries Qwen2.5's
+special tokens and its real chat template (from TRL's bundled copy), and returns the preset pointed at them,
+with a few steps per stage:
 
 - ``scale="small"``: every dimension cut to a few multiples of 64 (bitsandbytes' CPU 4-bit kernels need
   sizes divisible by 32 on AVX-512-BF16 processors), so every stage runs on a CPU in seconds. Everything the
   GPU path does is kept except the device: 4-bit NF4 weights, k-bit preparation, gradient checkpointing,
   LoRA on every linear layer, the reward model on its own base, PPO generation with the 4-bit policy. On a
   CPU the compute dtype is fp32 (fp16 autocast needs CUDA).
-- ``scale="full"``: the real shapes (``memory.SHAPES``) and the preset's real batch sizes and lengths: on a
+- ``scale="full"``: the real shapes (``memory.SHAPES``: Qwen2.5-0.5B's 151,936 embedding rows) and the preset's real batch sizes and lengths: on a
   GPU, ``medgpt run --preset colab-t4 --dry-run full`` measures each stage's peak memory and step time, the
   card capped to the preset's budget (``cap_gpu_memory``: 15 GiB for colab-t4, as a T4 leaves to PyTorch).
 
@@ -30,6 +31,7 @@ SCALES = ("small", "full")
 DRY_RUN_STEPS = 3
 # What a T4 leaves to PyTorch, and a 24 GB card: the caps a larger card is held to in a full dry run.
 GPU_BUDGET_GIB = {"colab-t4": 15.0, "gpu-24gb": 24.0}
+STAND_IN_VERSION = "qwen2.5-template"  # in the cached folders' names: a stand-in built by older code is rebuilt
 SMALL = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 2, "kv_heads": 1}
 
 
@@ -37,7 +39,9 @@ def stand_in_shape(shape: Shape, scale: str, vocab: int) -> Shape:
     """The real shape, or a small one keeping what makes the architecture (grouped KV heads, tied embeddings)."""
     if scale == "full":
         return dataclasses.replace(shape, vocab=max(shape.vocab, vocab))
-    return Shape(SMALL["hidden"], SMALL["layers"], SMALL["intermediate"], SMALL["heads"], SMALL["kv_heads"], vocab,
+    # More embedding rows than tokens, in a multiple of 64, as Qwen2.5 has (151,936 rows for 151,665 tokens).
+    rows = -(-vocab // 64) * 64
+    return Shape(SMALL["hidden"], SMALL["layers"], SMALL["intermediate"], SMALL["heads"], SMALL["kv_heads"], rows,
                  shape.tied_embeddings)
 
 
@@ -65,12 +69,35 @@ def build_stand_in(model_id: str, folder: Path, scale: str, tokenizer, dtype: st
     return folder
 
 
+# Qwen2.5's added tokens beyond the three the course's tokenizer has (<|endoftext|>, <|im_start|>, <|im_end|>), in
+# Qwen2.5-0.5B-Instruct's tokenizer_config.json order: the special ones, then the plain added ones.
+QWEN2_5_EXTRA_SPECIAL_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                                "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+QWEN2_5_ADDED_TOKENS = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                        "<|repo_name|>", "<|file_sep|>")
+
+
+def qwen2_5_chat_template() -> str:
+    """Qwen2.5-Instruct's own chat template, as TRL ships it (``trl/chat_templates/qwen2_5.jinja``): a default
+    system prompt, no ``{% generation %}`` marks (TRL's SFTTrainer swaps in its training variant for
+    ``assistant_only_loss``; ``models.training_chat_template`` does the same for the course's own masks)."""
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+
+
 def _tokenizer():
-    """The course's ChatML tokenizer (Qwen's template) trained on the bundled corpus: no download."""
+    """A tokenizer that behaves as Qwen2.5-Instruct's does, without a download: byte-level BPE trained on the
+    bundled corpus (3,000 tokens instead of Qwen's 151,643), Qwen2.5's special and added tokens,
+    ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, no BOS, and Qwen2.5's real chat template."""
     from . import data, models
 
     texts = data.load_bundled("pretrain/train.jsonl")["text"]
-    return models.build_tiny_tokenizer(texts, 3000, chinese_characters=True)
+    tokenizer = models.build_tiny_tokenizer(texts, 3000, chinese_characters=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", models.EOS_TOKEN, *QWEN2_5_EXTRA_SPECIAL_TOKENS]})
+    tokenizer.add_tokens(list(QWEN2_5_ADDED_TOKENS))
+    tokenizer.chat_template = qwen2_5_chat_template()
+    return tokenizer
 
 
 def short_run(preset: Preset, scale: str) -> dict:
@@ -94,15 +121,44 @@ def stand_in(preset: Preset, scale: str, device: str | None = None) -> Preset:
         raise ValueError(f"the {preset.name} preset builds its own model; a dry run is for presets that name hub models")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = preset.compute_dtype if device == "cuda" else "float32"
-    folders = {m: output_root() / "stand_in_models" / (m.replace("/", "--") + f"-{scale}-{dtype}")
+    folders = {m: output_root() / "stand_in_models" / (m.replace("/", "--") + f"-{scale}-{dtype}-{STAND_IN_VERSION}")
                for m in {preset.base_model, preset.reward_base_model or preset.base_model}}
     tokenizer = None if all((f / "config.json").is_file() for f in folders.values()) else _tokenizer()
     paths = {m: str(build_stand_in(m, f, scale, tokenizer, dtype)) for m, f in folders.items()}
-    settings = {"name": f"{preset.name}-dry-run-{scale}", "base_model": paths[preset.base_model], "device": device,
+    settings = {"name": f"{preset.name}-dry-run-{scale}", "dry_run": scale, "base_model": paths[preset.base_model], "device": device,
                 "compute_dtype": dtype, **short_run(preset, scale)}
     if preset.reward_base_model:
         settings["reward_base_model"] = paths[preset.reward_base_model]
     return override(preset, settings)
+
+
+DRY_RUN_ENV = "MEDGPT_DRY_RUN"  # a notebook's preset as stand-ins: MEDGPT_PRESET=colab-t4 MEDGPT_DRY_RUN=small
+
+
+def from_environment(preset: Preset) -> Preset:
+    """``preset``, or its stand-ins at the scale ``$MEDGPT_DRY_RUN`` names (how the test suite runs the notebooks
+    on a GPU preset's code path without a GPU or a download)."""
+    import os
+
+    scale = os.environ.get(DRY_RUN_ENV, "").strip()
+    if not scale:
+        return preset
+    if scale not in SCALES:
+        raise ValueError(f"${DRY_RUN_ENV}={scale!r}: a dry run's scale is one of {', '.join(SCALES)}")
+    if preset.base_model is None:
+        raise ValueError(f"${DRY_RUN_ENV}={scale!r} with the {preset.name} preset: a dry run stands in for a GPU preset's "
+                         "hub models; set MEDGPT_PRESET=colab-t4 or gpu-24gb too")
+    return announced(preset, scale)
+
+
+def announced(preset: Preset, scale: str) -> Preset:
+    """``stand_in`` as the command and the notebooks start a dry run: a full one holds the GPU to the preset's
+    budget first (``cap_gpu_memory``), and both say what stands in for what."""
+    cap = cap_gpu_memory(preset.name) if scale == "full" else None
+    preset = stand_in(preset, scale)
+    print(f"[dry run] {preset.name}: stand-in models {preset.base_model}"
+          f"{f', GPU capped at {cap} GiB' if cap else ''}; {preset.describe()}")
+    return preset
 
 
 def cap_gpu_memory(preset_name: str) -> float | None:

@@ -34,6 +34,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def training_chat_template(tokenizer) -> str:
+    """The template that marks the assistant's tokens (``{% generation %}``) for ``tokenizer``: its own when it
+    has the marks (the course's), else the training variant TRL keeps for known models (Qwen2.5's), which is
+    what SFTTrainer's ``assistant_only_loss`` swaps in. Pass it as ``apply_chat_template(..., chat_template=)``."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    template = get_training_chat_template(tokenizer)
+    return tokenizer.chat_template if template is None else template
+
+
 # ---------------------------------------------------------------- the tiny preset's own model
 CJK_CHARACTER = r"[\u3400-\u9fff]"
 

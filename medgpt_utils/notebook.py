@@ -92,10 +92,12 @@ def measured(label: str, preset: Preset):
 
 
 def setup(preset_name: str | None = None, overrides: dict | None = None) -> Preset:
-    """Print versions, hardware and the preset in use; return the preset."""
+    """Print versions, hardware and the preset in use; return the preset (its stand-ins under ``$MEDGPT_DRY_RUN``)."""
     for key, value in environment().items():
         print(f"{key:>14}: {value}")
-    preset = get_preset(preset_name, overrides)
+    from .dryrun import from_environment
+
+    preset = from_environment(get_preset(preset_name, overrides))  # MEDGPT_DRY_RUN: the preset's stand-ins
     print(f"{'settings':>14}: {preset.describe()}")
     return preset
 

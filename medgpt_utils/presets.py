@@ -207,6 +207,9 @@ class Preset:
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (less memory, more time)")
     trust_remote_code: bool = knob(False, "run model code from the hub (off unless asked)")
     seed: int = knob(42, "seed of every stage (weights, data order, sampling)")
+    # Set by dryrun.stand_in (``medgpt run --dry-run``, ``MEDGPT_DRY_RUN`` in a notebook): random-weight stand-ins
+    # train a few steps, so a notebook's checks assert the mechanics and leave what learning shows to real runs.
+    dry_run: str | None = knob(None, "None, or the stand-in scale ('small' | 'full') of a dry run (random weights, a few steps)")
 
     @property
     def alignment_seed(self) -> int:
