@@ -40,6 +40,40 @@ def seeded(seed: int | None):
         yield
 
 
+# What a non-finite loss or logit means on the GPU presets, and the fix (MedicalGPT's and Qwen's users report fp16
+# runs of Qwen2 models that overflow: NaN losses, "!!!!" answers).
+OVERFLOW_ADVICE = ("In fp16 this is an overflow (Qwen2 models are known to overflow in fp16): lower the learning rate, or "
+                   "compute in float32 (--set compute_dtype=float32), or in bfloat16 on a GPU that has it (not a T4)")
+
+
+def watch_logits(model, where: str):
+    """Stop at the first forward pass whose logits hold a NaN or an infinity, naming ``where`` and the fix: a policy
+    that samples from such logits (PPO rollouts, GRPO's groups, evaluation) would otherwise fail deep inside
+    ``torch.multinomial`` or answer with garbage. Returns the hook's handle (``.remove()`` it), or None for a model
+    without an output layer (a reward model's score is checked through its loss)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return None
+
+    def check(module, inputs, logits):
+        if not torch.isfinite(logits).all():
+            kind = "nan" if torch.isnan(logits).any() else "inf"
+            raise FloatingPointError(f"{where}: the model's logits became {kind}; stopped. {OVERFLOW_ADVICE}")
+
+    return head.register_forward_hook(check)
+
+
+@contextmanager
+def finite_logits(model, where: str):
+    """``watch_logits`` for the duration of a block."""
+    handle = watch_logits(model, where)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 @torch.no_grad()
 def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float = 0.0, **extra):
     """The one sampling call: ``texts`` left-padded (new tokens follow each prompt directly), the model in
@@ -50,9 +84,10 @@ def generate_tokens(model, tokenizer, texts: list[str], max_new_tokens: int, tem
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(next(model.parameters()).device)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling_settings(temperature),
-                                **extra)
+        with finite_logits(model, "generation"):
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling_settings(temperature),
+                                    **extra)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

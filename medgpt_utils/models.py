@@ -268,6 +268,15 @@ def save_trained(preset: Preset, stage: str, model, tokenizer, base_path: str | 
                   trust_remote_code=preset.trust_remote_code, atomic=False)
 
 
+def device_that_fits(folder: str | Path, headroom: float = 1.3) -> str:
+    """'cuda' when the model saved in ``folder`` (its safetensors, times ``headroom`` for activations) fits in the GPU's
+    free memory, else 'cpu': where a full-precision copy can be checked without running a small card out of memory."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    size = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+    return "cuda" if size * headroom < torch.cuda.mem_get_info()[0] else "cpu"
+
+
 def count_parameters(model) -> dict:
     """Trainable and total parameter counts (4-bit weights counted as stored elements x 2)."""
     trainable = total = 0

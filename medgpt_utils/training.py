@@ -102,13 +102,14 @@ def finite_loss_guard(stage: str):
 
     from transformers import TrainerCallback
 
+    from .generation import OVERFLOW_ADVICE
+
     class FiniteLossGuard(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"{stage}: the training loss became {loss} at step {state.global_step}; stopped. In fp16 this is an "
-                    "overflow: lower the learning rate, or train in float32 (--set compute_dtype=float32) or bfloat16")
+                raise FloatingPointError(f"{stage}: the training loss became {loss} at step {state.global_step}; stopped. "
+                                         f"{OVERFLOW_ADVICE}")
 
     return FiniteLossGuard()
 
@@ -130,10 +131,13 @@ def keep_trainable_fp32(model, preset: Preset) -> int:
 
 
 def prepared(trainer, preset: Preset, stage: str):
-    """Every stage's trainer before ``.train()``: trainable weights in the precision the preset needs and a
-    guard against non-finite losses."""
+    """Every stage's trainer before ``.train()``: trainable weights in the precision the preset needs, and guards
+    against non-finite losses and logits (GRPO samples its groups from the policy's logits inside TRL)."""
+    from .generation import watch_logits
+
     keep_trainable_fp32(trainer.model, preset)
     trainer.add_callback(finite_loss_guard(stage))
+    watch_logits(trainer.model, stage)
     return trainer
 
 

@@ -98,3 +98,36 @@ def test_every_stage_of_a_gpu_preset_runs_on_cpu_stand_ins(name, outputs, capsys
     with safe_open(str(folder / "sft" / "adapter" / "adapter_model.safetensors"), "pt") as adapter:
         dtypes = {adapter.get_tensor(k).dtype for k in adapter.keys()}
     assert dtypes == ({torch.float32} if preset.compute_dtype != "bfloat16" else {torch.bfloat16}), dtypes
+
+
+def test_the_stand_in_tokenizer_is_qwen2_5s_template_tokens_and_stops(colab_stand_in):
+    """Qwen2.5-Instruct's chat template as TRL ships it (rendered here straight from the file), its special tokens,
+    <|im_end|> as EOS and <|endoftext|> as pad; SFT's assistant mask comes from TRL's training variant."""
+    from pathlib import Path
+
+    import jinja2
+    import trl
+
+    tokenizer = models.load_tokenizer(colab_stand_in.base_model)
+    chat = [{"role": "user", "content": "What causes gout?"}, {"role": "assistant", "content": "Uric acid crystals."},
+            {"role": "user", "content": "痛风应该看哪个科？"}, {"role": "assistant", "content": "风湿免疫科。"}]
+    source = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+    for add_generation_prompt, messages in ((False, chat), (True, chat[:3])):
+        expected = template.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=None)
+        assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt) == expected
+    assert expected.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")  # Qwen's default system prompt
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_pad|>", "<tool_call>", "<|fim_middle|>"):
+        assert tokenizer.convert_ids_to_tokens(tokenizer(token)["input_ids"]) == [token], token  # one token each
+    config = json.loads((__import__("pathlib").Path(colab_stand_in.base_model) / "config.json").read_text())
+    assert config["vocab_size"] % 64 == 0 and config["vocab_size"] >= len(tokenizer)  # more rows than tokens, as Qwen2.5
+    assert "{% generation %}" not in tokenizer.chat_template  # Qwen's own has no marks: the training variant adds them
+    encoded = tokenizer.apply_chat_template(chat, chat_template=models.training_chat_template(tokenizer), return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    marked = tokenizer.decode([i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m])
+    assert marked == "\nUric acid crystals.<|im_end|>\n\n风湿免疫科。<|im_end|>\n", marked  # the answers and their EOS only
+
+
+def test_full_stand_ins_have_qwens_embedding_rows():
+    assert dryrun.stand_in_shape(SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "full", vocab=3041).vocab == 151_936
