@@ -95,9 +95,12 @@ def test_every_stage_of_a_gpu_preset_runs_on_cpu_stand_ins(name, outputs, capsys
         assert row["first_losses"] and all(math.isfinite(x) for x in row["first_losses"]), row
     from safetensors import safe_open
 
-    with safe_open(str(folder / "sft" / "adapter" / "adapter_model.safetensors"), "pt") as adapter:
-        dtypes = {adapter.get_tensor(k).dtype for k in adapter.keys()}
-    assert dtypes == ({torch.float32} if preset.compute_dtype != "bfloat16" else {torch.bfloat16}), dtypes
+    # Every trainer's trainable weights as saved: fp32 unless the preset computes in bf16 (TRL casts them to bf16)
+    for adapter_file in ("pt/adapter", "sft/adapter", "rm/adapter", "dpo/adapter", "orpo/adapter", "grpo/adapter",
+                         "ppo/checkpoint/adapter"):
+        with safe_open(str(folder / adapter_file / "adapter_model.safetensors"), "pt") as adapter:
+            dtypes = {adapter.get_tensor(k).dtype for k in adapter.keys()}
+        assert dtypes == ({torch.float32} if preset.compute_dtype != "bfloat16" else {torch.bfloat16}), (adapter_file, dtypes)
 
 
 def test_the_stand_in_tokenizer_is_qwen2_5s_template_tokens_and_stops(colab_stand_in):
