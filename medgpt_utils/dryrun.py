@@ -81,15 +81,16 @@ def qwen2_5_chat_template() -> str:
     """Qwen2.5-Instruct's own chat template, as TRL ships it (``trl/chat_templates/qwen2_5.jinja``): a default
     system prompt, no ``{% generation %}`` marks (TRL's SFTTrainer swaps in its training variant for
     ``assistant_only_loss``; ``models.training_chat_template`` does the same for the course's own masks)."""
-    import trl
+    from trl.chat_template_utils import qwen2_5_chat_template
 
-    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    return qwen2_5_chat_template
 
 
 def _tokenizer():
-    """A tokenizer that behaves as Qwen2.5-Instruct's does, without a download: byte-level BPE trained on the
-    bundled corpus (3,000 tokens instead of Qwen's 151,643), Qwen2.5's special and added tokens,
-    ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, no BOS, and Qwen2.5's real chat template."""
+    """A tokenizer dressed as Qwen2.5-Instruct's where the course meets it, without a download: byte-level BPE
+    trained on the bundled corpus (3,000 tokens instead of Qwen's 151,643; one per Chinese character where Qwen's
+    merges words), Qwen2.5's special and added tokens, ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, no BOS, and
+    Qwen2.5's real chat template."""
     from . import data, models
 
     texts = data.load_bundled("pretrain/train.jsonl")["text"]

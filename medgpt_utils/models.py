@@ -40,7 +40,12 @@ def training_chat_template(tokenizer) -> str:
     what SFTTrainer's ``assistant_only_loss`` swaps in. Pass it as ``apply_chat_template(..., chat_template=)``."""
     from trl.chat_template_utils import get_training_chat_template
 
-    template = get_training_chat_template(tokenizer)
+    try:
+        template = get_training_chat_template(tokenizer)
+    except ValueError as err:  # a template without marks that TRL has no training variant of
+        raise ValueError(f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')}: its chat template marks no assistant turn "
+                         "({% generation %}) and TRL has no training variant of it; give the tokenizer a template with "
+                         f"those marks ({err})") from err
     return tokenizer.chat_template if template is None else template
 
 

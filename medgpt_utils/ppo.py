@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generation import generate_tokens
+from .generation import OVERFLOW_ADVICE, generate_tokens
 
 
 @dataclass
@@ -563,7 +563,7 @@ class PPOLoop:
                 loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) * share / cfg.gradient_accumulation_steps
                 if not torch.isfinite(loss):  # stop rather than train on NaN (an fp16 overflow, a broken reward)
                     raise FloatingPointError(f"PPO: the loss became {loss.item()} at step {self.step_count + 1} "
-                                             f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped")
+                                             f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped. {OVERFLOW_ADVICE}")
                 loss.backward()
                 if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]

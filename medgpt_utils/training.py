@@ -130,14 +130,33 @@ def keep_trainable_fp32(model, preset: Preset) -> int:
     return cast
 
 
-def prepared(trainer, preset: Preset, stage: str):
-    """Every stage's trainer before ``.train()``: trainable weights in the precision the preset needs, and guards
-    against non-finite losses and logits (GRPO samples its groups from the policy's logits inside TRL)."""
+def finite_logits_guard(stage: str):
+    """A Trainer callback that watches the model's logits while it trains (``generation.watch_logits``: GRPO samples
+    its groups from them inside TRL) and stops watching when training ends."""
+    from transformers import TrainerCallback
+
     from .generation import watch_logits
 
+    class FiniteLogitsGuard(TrainerCallback):
+        handle = None
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.handle = watch_logits(model, stage)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.handle is not None:
+                self.handle.remove()
+                self.handle = None
+
+    return FiniteLogitsGuard()
+
+
+def prepared(trainer, preset: Preset, stage: str):
+    """Every stage's trainer before ``.train()``: trainable weights in the precision the preset needs, and guards
+    against non-finite losses and logits while it trains."""
     keep_trainable_fp32(trainer.model, preset)
     trainer.add_callback(finite_loss_guard(stage))
-    watch_logits(trainer.model, stage)
+    trainer.add_callback(finite_logits_guard(stage))
     return trainer
 
 

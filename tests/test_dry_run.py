@@ -132,5 +132,8 @@ def test_the_stand_in_tokenizer_is_qwen2_5s_template_tokens_and_stops(colab_stan
     assert marked == "\nUric acid crystals.<|im_end|>\n\n风湿免疫科。<|im_end|>\n", marked  # the answers and their EOS only
 
 
-def test_full_stand_ins_have_qwens_embedding_rows():
-    assert dryrun.stand_in_shape(SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "full", vocab=3041).vocab == 151_936
+def test_stand_ins_have_more_embedding_rows_than_tokens_in_multiples_of_64():
+    qwen = SHAPES["Qwen/Qwen2.5-0.5B-Instruct"]
+    assert dryrun.stand_in_shape(qwen, "small", vocab=3041).vocab == 3072
+    assert dryrun.stand_in_shape(qwen, "small", vocab=3072).vocab == 3072
+    assert dryrun.stand_in_shape(qwen, "full", vocab=3041).vocab == 151_936  # Qwen2.5's own rows

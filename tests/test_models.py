@@ -143,3 +143,11 @@ def test_remote_code_is_off_by_default(monkeypatch, tiny_base):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     models.load_causal_lm(tiny_base)
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_the_training_template_of_a_template_without_marks_trl_does_not_know_names_the_fix():
+    tokenizer = models.build_tiny_tokenizer(["a few words to train on"] * 5, 300)
+    assert models.training_chat_template(tokenizer) == tokenizer.chat_template  # the course's own has the marks
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(ValueError, match=r"marks no assistant turn .* give the tokenizer a template with those marks"):
+        models.training_chat_template(tokenizer)

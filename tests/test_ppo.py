@@ -195,3 +195,20 @@ def test_resume_continues_from_the_saved_step_with_the_same_state(tiny_base, tmp
         if "lora" in key:
             assert torch.allclose(value, straight_weights[key], atol=1e-6), key
     assert torch.allclose(second.value_head.summary.weight, first.value_head.summary.weight, atol=1e-6)
+
+
+def test_old_policy_and_reference_are_the_same_computed_per_minibatch(tiny_base):
+    """The no-grad log-probs and values go a minibatch at a time (a whole rollout's log-softmax over Qwen's vocabulary
+    ran a T4's budget out of memory); the result is the whole batch's, chunk sizes that do not divide it included."""
+    model, tokenizer = _policy(tiny_base, targets=WITH_HEAD)
+    torch.manual_seed(0)
+    batch = ppo.rollout(model, tokenizer, _prompts(tokenizer, 7), max_new_tokens=8)
+    results = {}
+    for size in (7, 3):
+        loop = ppo.PPOLoop(model, tokenizer, _share_of_low_ids(300), ppo.PPOConfig(minibatch_size=size, max_new_tokens=8))
+        torch.manual_seed(1)
+        torch.nn.init.normal_(loop.value_head.summary.weight)  # the same value head for both sizes
+        results[size] = loop.old_policy_and_reference(batch)
+    for whole, chunked in zip(results[7], results[3]):
+        assert whole.shape == chunked.shape == batch.response.shape
+        assert torch.allclose(whole, chunked, atol=1e-5), (whole - chunked).abs().max()

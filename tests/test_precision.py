@@ -86,7 +86,7 @@ def test_nan_logits_stop_generation_with_the_fix(tiny_lm):
         generation.generate(broken, tokenizer, ["what causes gout?"], max_new_tokens=4, temperature=1.0)
     with pytest.raises(FloatingPointError, match="logits became nan"):  # a PPO rollout samples through the same call
         ppo.rollout(broken, tokenizer, ["what causes gout?"], max_new_tokens=4)
-    assert generation.generate(model, tokenizer, ["what causes gout?"], max_new_tokens=4)[0].n_tokens > 0  # hook removed
+    assert not broken.get_output_embeddings()._forward_hooks  # the watch ends with the call
 
 
 def test_a_trainers_policy_is_watched_for_nan_logits(tiny_lm):
@@ -95,7 +95,21 @@ def test_a_trainers_policy_is_watched_for_nan_logits(tiny_lm):
 
     model, tokenizer = tiny_lm
     broken = poisoned(copy.deepcopy(model))
-    prepared(FakeTrainer(broken), get_preset("colab-t4", verbose=False), "grpo")
+    trainer = prepared(FakeTrainer(broken), get_preset("colab-t4", verbose=False), "grpo")
+    (guard,) = [c for c in trainer.callbacks if type(c).__name__ == "FiniteLogitsGuard"]
+    guard.on_train_begin(None, None, None, model=broken)
     ids = tokenizer("what causes gout?", return_tensors="pt")["input_ids"]
     with pytest.raises(FloatingPointError, match=r"grpo: the model's logits became nan; stopped\. In fp16"):
         broken(input_ids=ids)
+    guard.on_train_end(None, None, None)
+    assert not broken.get_output_embeddings()._forward_hooks  # evaluation and chat after training are not the stage's
+
+
+def test_an_infinite_logit_is_caught_too(tiny_lm):
+    import copy
+
+    model, tokenizer = tiny_lm
+    broken = copy.deepcopy(model)
+    broken.get_output_embeddings().weight.data[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="logits became (inf|nan)"):
+        generation.generate(broken, tokenizer, ["what causes gout?"], max_new_tokens=2)
