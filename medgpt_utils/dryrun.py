@@ -77,27 +77,21 @@ QWEN2_5_ADDED_TOKENS = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_
                         "<|repo_name|>", "<|file_sep|>")
 
 
-def qwen2_5_chat_template() -> str:
-    """Qwen2.5-Instruct's own chat template, as TRL ships it (``trl/chat_templates/qwen2_5.jinja``): a default
-    system prompt, no ``{% generation %}`` marks (TRL's SFTTrainer swaps in its training variant for
-    ``assistant_only_loss``; ``models.training_chat_template`` does the same for the course's own masks)."""
-    from trl.chat_template_utils import qwen2_5_chat_template
-
-    return qwen2_5_chat_template
-
-
 def _tokenizer():
     """A tokenizer dressed as Qwen2.5-Instruct's where the course meets it, without a download: byte-level BPE
     trained on the bundled corpus (3,000 tokens instead of Qwen's 151,643; one per Chinese character where Qwen's
     merges words), Qwen2.5's special and added tokens, ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, no BOS, and
-    Qwen2.5's real chat template."""
+    Qwen2.5's real chat template as TRL ships it (``trl/chat_templates/qwen2_5.jinja``: a default system prompt, no
+    ``{% generation %}`` marks; SFTTrainer and ``models.training_chat_template`` use TRL's training variant of it)."""
+    from trl.chat_template_utils import qwen2_5_chat_template
+
     from . import data, models
 
     texts = data.load_bundled("pretrain/train.jsonl")["text"]
     tokenizer = models.build_tiny_tokenizer(texts, 3000, chinese_characters=True)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", models.EOS_TOKEN, *QWEN2_5_EXTRA_SPECIAL_TOKENS]})
     tokenizer.add_tokens(list(QWEN2_5_ADDED_TOKENS))
-    tokenizer.chat_template = qwen2_5_chat_template()
+    tokenizer.chat_template = qwen2_5_chat_template
     return tokenizer
 
 
@@ -144,12 +138,10 @@ def from_environment(preset: Preset) -> Preset:
     scale = os.environ.get(DRY_RUN_ENV, "").strip()
     if not scale:
         return preset
-    if scale not in SCALES:
-        raise ValueError(f"${DRY_RUN_ENV}={scale!r}: a dry run's scale is one of {', '.join(SCALES)}")
-    if preset.base_model is None:
-        raise ValueError(f"${DRY_RUN_ENV}={scale!r} with the {preset.name} preset: a dry run stands in for a GPU preset's "
-                         "hub models; set MEDGPT_PRESET=colab-t4 or gpu-24gb too")
-    return announced(preset, scale)
+    try:
+        return announced(preset, scale)
+    except ValueError as err:  # stand_in's own checks: the scale, a preset that names hub models
+        raise ValueError(f"${DRY_RUN_ENV}={scale!r}: {err} (MEDGPT_PRESET=colab-t4 or gpu-24gb)") from err
 
 
 def announced(preset: Preset, scale: str) -> Preset:

@@ -137,3 +137,14 @@ def test_stand_ins_have_more_embedding_rows_than_tokens_in_multiples_of_64():
     assert dryrun.stand_in_shape(qwen, "small", vocab=3041).vocab == 3072
     assert dryrun.stand_in_shape(qwen, "small", vocab=3072).vocab == 3072
     assert dryrun.stand_in_shape(qwen, "full", vocab=3041).vocab == 151_936  # Qwen2.5's own rows
+
+
+def test_a_notebooks_dry_run_needs_a_gpu_preset_and_a_known_scale(monkeypatch):
+    monkeypatch.setenv(dryrun.DRY_RUN_ENV, "small")
+    with pytest.raises(ValueError, match=r"\$MEDGPT_DRY_RUN='small': the tiny preset builds its own model"):
+        dryrun.from_environment(get_preset("tiny", verbose=False))
+    monkeypatch.setenv(dryrun.DRY_RUN_ENV, "huge")
+    with pytest.raises(ValueError, match=r"\$MEDGPT_DRY_RUN='huge': dry-run scale must be one of"):
+        dryrun.from_environment(get_preset("colab-t4", verbose=False))
+    monkeypatch.setenv(dryrun.DRY_RUN_ENV, "")
+    assert dryrun.from_environment(get_preset("tiny", verbose=False)).dry_run is None
