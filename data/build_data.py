@@ -175,13 +175,12 @@ FULL_ANSWER_SHARE = 0.7  # share of training answers that list every fact; the r
 
 
 def sft_single(conditions, rng: random.Random) -> list[dict]:
-    rows = []
+    rows, wordings = [], training_wordings()
     for c in conditions:
         for lang in LANGS:
             kb = c[lang]
             for fact in ("definition",) + FACTS:
-                phrasings = T.TRAIN_QUESTIONS[lang][fact] + T.EXTRA_SFT_QUESTIONS[lang].get(fact, [])
-                for template in rng.sample(phrasings, SFT_QUESTIONS_PER_FACT):
+                for template in rng.sample(wordings[lang][fact], SFT_QUESTIONS_PER_FACT):
                     items = None if fact in ("definition", "department") else partial(kb[fact], rng)
                     answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
                     rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
@@ -234,14 +233,22 @@ def truncate(text: str, lang: str, rng: random.Random) -> str:
     return text[:cut].rstrip(" ,.;:，。、")
 
 
-def rejected_answer(kind, c, other, kb, lang, fact, flag, rng) -> str:
+def off_question_fact(fact: str, rng: random.Random, balanced: bool) -> str:
+    """The kind of fact an off-question answer gives. Unbalanced (the first version, kept for the held-out pairs):
+    the department half the time, so department answers were rejected far more often than chosen and a reward
+    model learned that short department answers are bad. Balanced: any other kind, uniformly."""
+    choices = [f for f in FACTS if f != fact]
+    if not balanced and fact != "department" and rng.random() < 0.5:
+        return "department"
+    return rng.choice(choices)
+
+
+def rejected_answer(kind, c, other, kb, lang, fact, flag, rng, balanced: bool = False) -> str:
     if kind == "other_condition":  # this condition's name, another condition's facts
         alien = dict(other[lang], name=kb["name"])
         return red_flag_answer(alien, lang, rng.choice(alien["red_flags"])) if fact == "red_flag_case" else fact_answer(alien, lang, fact)
-    if kind == "off_question":  # right condition, wrong kind of fact (often the department)
-        choices = [f for f in FACTS if f != fact]
-        wrong = "department" if fact != "department" and rng.random() < 0.5 else rng.choice(choices)
-        return fact_answer(kb, lang, wrong)
+    if kind == "off_question":  # right condition, wrong kind of fact
+        return fact_answer(kb, lang, off_question_fact(fact, rng, balanced))
     if kind == "unsafe":
         return rng.choice(T.UNSAFE[lang])
     if kind == "evasive":
@@ -267,7 +274,7 @@ def chosen_answer(kb, lang, fact, flag) -> str:
     return red_flag_answer(kb, lang, flag) if fact == "red_flag_case" else fact_answer(kb, lang, fact)
 
 
-def pair_row(conditions, index, lang, fact, kind, questions, rng) -> dict:
+def pair_row(conditions, index, lang, fact, kind, questions, rng, balanced: bool = False) -> dict:
     """One preference pair: the question about ``fact``, the right answer, and a rejected one of ``kind``."""
     c = conditions[index]
     kb = c[lang]
@@ -281,7 +288,7 @@ def pair_row(conditions, index, lang, fact, kind, questions, rng) -> dict:
     return {
         "conversations": turns,
         "chosen": chosen_answer(kb, lang, fact, flag),
-        "rejected": rejected_answer(kind, c, other, kb, lang, fact, flag, rng),
+        "rejected": rejected_answer(kind, c, other, kb, lang, fact, flag, rng, balanced),
         "rejected_kind": kind, "condition": c["id"], "lang": lang, "fact": fact,
     }
 
@@ -317,6 +324,43 @@ def knowledge_pairs(conditions, rng: random.Random) -> list[dict]:
     rows = [pair_row(conditions, index, lang, fact, kind, T.HELDOUT_QUESTIONS, rng)
             for index in range(len(conditions)) for lang in LANGS
             for fact in ("red_flag_case",) + FACTS for kind in KNOWLEDGE_KINDS]
+    rng.shuffle(rows)
+    return rows
+
+
+TRAIN_KNOWLEDGE_PAIRS = 1  # per condition, language, fact type and knowledge kind, in the reward model's training pairs
+
+
+def training_wordings() -> dict:
+    """Every training wording per language and fact type: the hand-written ones and the grammar's."""
+    return {lang: {fact: T.TRAIN_QUESTIONS[lang][fact] + T.EXTRA_SFT_QUESTIONS[lang].get(fact, [])
+                   + (T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [])
+                   for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
+
+
+def balance_off_question(rows: list[dict], conditions, rng: random.Random) -> list[dict]:
+    """The off-question answers of ``rows`` drawn again, balanced (``off_question_fact``), from their own stream:
+    the pairs were drawn the first way, and redrawing them here leaves every file after them as it was."""
+    kb = {c["id"]: c for c in conditions}
+    for row in rows:
+        if row["rejected_kind"] == "off_question":
+            row["rejected"] = fact_answer(kb[row["condition"]][row["lang"]], row["lang"], off_question_fact(row["fact"], rng, balanced=True))
+    return rows
+
+
+def training_knowledge_pairs(conditions, rng: random.Random) -> list[dict]:
+    """Pairs of the two knowledge kinds for the reward model's training, asked in training wordings, with the
+    off-question answer's kind of fact drawn uniformly (every kind of answer chosen about as often as rejected)."""
+    wordings = training_wordings()
+
+    def distinct_pair(index, lang, fact, kind):
+        while True:  # another condition may share the asked red flag: then the two answers are the same
+            row = pair_row(conditions, index, lang, fact, kind, wordings, rng, balanced=True)
+            if row["chosen"] != row["rejected"]:
+                return row
+
+    rows = [distinct_pair(index, lang, fact, kind) for index in range(len(conditions)) for lang in LANGS
+            for fact in ("red_flag_case",) + FACTS for kind in KNOWLEDGE_KINDS for _ in range(TRAIN_KNOWLEDGE_PAIRS)]
     rng.shuffle(rows)
     return rows
 
@@ -426,7 +470,10 @@ def build(out: Path) -> dict[str, int]:
         "sft/train_single.jsonl": sft_single(conditions, random.Random(SEED + 2)),  # own stream: other files unchanged
         "sft/train_multi.jsonl": sft_multi(conditions, rng),
         "sft/valid.jsonl": sft_valid(conditions, rng),
-        "preference/train.jsonl": preference_pairs(conditions, rng, heldout=False),
+        # Knowledge pairs in training wordings come from their own stream, so the files after them stay as they were.
+        "preference/train.jsonl": balance_off_question(preference_pairs(conditions, rng, heldout=False), conditions,
+                                                       random.Random(SEED + 7))
+        + training_knowledge_pairs(conditions, random.Random(SEED + 6)),
         # Knowledge pairs come from their own stream, so the files after them stay as they were.
         "preference/heldout.jsonl": preference_pairs(conditions, rng, heldout=True)
         + knowledge_pairs(conditions, random.Random(SEED + 4)),

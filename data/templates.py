@@ -281,3 +281,93 @@ EXTRA_SFT_QUESTIONS = {
                        "什么能减少{name}的风险？", "家里人怎么预防{name}？", "哪些措施能预防{name}？", "{name}预防？"],
     },
 }
+
+# A grammar of training questions: how a question is put (a frame) crossed with what it asks (a clause
+# naming the fact type), so that no frame word ("describe", "explain", "tell me") predicts the fact type
+# and the model has to read the words that do ("symptoms", "causes", "department"). Written for this
+# purpose from everyday English and Chinese, not from HELDOUT_QUESTIONS: no word that only the held-out
+# wordings use appears here (tests/test_bundled_data.py checks it), and the held-out templates are untouched.
+GRAMMAR_FRAMES = {
+    "en": ["Can you tell me {ask}?", "Can you explain {ask}?", "I'd like to know {ask}.", "Please tell me {ask}.",
+           "Do you know {ask}?", "I want to understand {ask}.", "Can you describe {ask}?", "Explain {ask}, please.",
+           "I'm trying to find out {ask}.", "Help me understand {ask}.", "Would you tell me {ask}?", "Quick question: {ask}?"],
+    "zh": ["请问{ask}？", "我想知道{ask}。", "能告诉我{ask}吗？", "麻烦解释一下{ask}。", "你知道{ask}吗？", "想了解一下{ask}。",
+           "请说明{ask}。", "帮我讲讲{ask}。", "我一直想弄清楚{ask}。", "简单说说{ask}。"],
+}
+GRAMMAR_CLAUSES = {
+    "en": {
+        "definition": ["what {name} is", "the meaning of {name}", "what {name} means", "what kind of illness {name} is",
+                       "the basics of {name}", "what the word {name} refers to"],
+        "symptoms": ["the symptoms of {name}", "what the symptoms of {name} are", "the usual signs of {name}",
+                     "what {name} feels like", "how {name} shows up", "what people with {name} go through",
+                     "how to recognise {name}", "the complaints that come with {name}", "what happens to a person who has {name}",
+                     "how {name} affects a person", "the main symptoms of {name}", "how you can tell someone has {name}"],
+        "causes": ["what causes {name}", "the causes of {name}", "why {name} happens", "the reasons people get {name}",
+                   "the risk factors for {name}", "how people end up with {name}", "where {name} comes from",
+                   "what makes {name} more likely", "the origin of {name}", "why someone would get {name}"],
+        "department": ["which department treats {name}", "what kind of doctor handles {name}", "which specialist to see for {name}",
+                       "where to go for {name}", "which clinic deals with {name}", "who to see about {name}",
+                       "the right department for {name}", "which doctor to book for {name}", "where {name} is treated at the hospital"],
+        "self_care": ["how to treat {name}", "how {name} is managed", "what helps with {name}", "what to do at home for {name}",
+                      "how to look after yourself with {name}", "the treatment for {name}", "how to relieve {name}",
+                      "how to cope with {name}", "what makes {name} better", "the usual care for {name}"],
+        "red_flags": ["the warning signs of {name}", "when {name} becomes an emergency", "the danger signs of {name}",
+                      "when {name} needs urgent care", "which symptoms of {name} need a hospital right away",
+                      "when to call an ambulance for {name}", "what makes {name} dangerous", "the red flags for {name}",
+                      "when someone with {name} must go to the emergency department"],
+        "prevention": ["how to prevent {name}", "how to avoid {name}", "ways to lower the risk of {name}",
+                       "how to protect yourself from {name}", "what stops {name} from happening", "how to keep from getting {name}",
+                       "how to reduce the chance of {name}", "the best way to prevent {name}", "what everyday steps protect against {name}"],
+    },
+    "zh": {
+        "definition": ["{name}是什么", "{name}是什么病", "{name}的意思", "{name}指的是什么", "{name}的基本情况"],
+        "symptoms": ["{name}有哪些症状", "{name}的症状", "{name}有什么表现", "得了{name}会有什么不舒服", "{name}的主要症状",
+                     "{name}会让人有什么感觉", "怎么判断自己得了{name}", "{name}发作时是什么样子", "{name}的常见体征"],
+        "causes": ["{name}的原因", "{name}是怎么引起的", "为什么会得{name}", "{name}的危险因素", "哪些情况容易引起{name}",
+                   "{name}从何而来", "什么让人更容易得{name}"],
+        "department": ["{name}看哪个科", "{name}要找什么医生", "{name}该挂哪个科室", "{name}去哪里看", "哪位医生治疗{name}",
+                       "{name}应该去哪个门诊"],
+        "self_care": ["{name}怎么治疗", "{name}怎么处理", "{name}在家怎么护理", "有什么办法减轻{name}", "得了{name}怎么照顾自己",
+                      "{name}的治疗方法", "{name}怎么调理"],
+        "red_flags": ["{name}的危险信号", "{name}什么时候要去急诊", "{name}哪些情况需要马上就医", "{name}的警示症状",
+                      "{name}什么时候会变得危险", "{name}出现什么情况要叫救护车"],
+        "prevention": ["怎么预防{name}", "{name}的预防方法", "怎样避免得{name}", "如何降低{name}的风险", "如何防止{name}",
+                       "平时怎么做能远离{name}"],
+    },
+}
+# The condition named first, then a short question about "it": another word order.
+GRAMMAR_CONTEXTS = {
+    "en": ["My doctor says I have {name}. {q}", "I was just diagnosed with {name}. {q}", "About {name}: {q}",
+           "Question about {name}. {q}"],
+    "zh": ["医生说我有{name}，{q}", "关于{name}：{q}", "我刚确诊{name}，{q}"],
+}
+GRAMMAR_SHORT = {
+    "en": {
+        "definition": ["What is it?", "What does it mean?", "What kind of illness is it?"],
+        "symptoms": ["What are its symptoms?", "How does it show up?", "What does it feel like?", "What signs does it cause?",
+                     "How would I recognise it?"],
+        "causes": ["What causes it?", "Why does it happen?", "What are the risk factors?", "Where does it come from?"],
+        "department": ["Which department should I go to?", "What kind of doctor should I see?", "Which specialist treats it?",
+                       "Where do I get it treated?"],
+        "self_care": ["How is it treated?", "What can I do at home?", "How do I manage it?", "How can I relieve it?"],
+        "red_flags": ["When is it an emergency?", "What warning signs should I watch for?", "When do I need urgent care?",
+                      "What are the danger signs?"],
+        "prevention": ["How can I prevent it?", "How do I avoid it?", "What lowers the risk?", "How can I protect myself?"],
+    },
+    "zh": {
+        "definition": ["这是什么病？", "是什么意思？"],
+        "symptoms": ["有哪些症状？", "会有什么表现？", "会有什么感觉？"],
+        "causes": ["是什么原因引起的？", "为什么会得？", "有哪些危险因素？"],
+        "department": ["该看哪个科？", "要找什么医生？", "去哪个门诊？"],
+        "self_care": ["怎么治疗？", "在家能做什么？", "怎么减轻？"],
+        "red_flags": ["什么情况要去急诊？", "有哪些危险信号？", "什么时候需要马上就医？"],
+        "prevention": ["怎么预防？", "怎样避免？", "怎么降低风险？"],
+    },
+}
+
+
+def grammar_questions(lang: str, fact: str) -> list[str]:
+    """Every question template the grammar makes for ``fact`` in ``lang`` (with {name} to fill)."""
+    asked = [frame.replace("{ask}", clause) for frame in GRAMMAR_FRAMES[lang] for clause in GRAMMAR_CLAUSES[lang][fact]]
+    named_first = [context.replace("{q}", q) for context in GRAMMAR_CONTEXTS[lang] for q in GRAMMAR_SHORT[lang][fact]]
+    return asked + named_first

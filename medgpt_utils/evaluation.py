@@ -189,6 +189,8 @@ def knowledge_scores(answers: list[str], rows, vocabulary: frozenset[str] | None
         "recall": mean(recalls),
         **{f"recall_{lang}": mean([r for r, l in zip(recalls, langs) if l == lang]) for lang in ("en", "zh")},
         "recall_by_fact": {f: mean([r for r, g in zip(recalls, facts) if g == f]) for f in sorted(set(facts) - {"red_flag_case"})},
+        "recall_by_lang_fact": {lang: {f: mean([r for r, g, l in zip(recalls, facts, langs) if g == f and l == lang])
+                                       for f in sorted(set(facts) - {"red_flag_case"})} for lang in sorted(set(langs))},
         "safety_rate": mean([float(advises_urgent_care(a, lang)) for a, lang, fact in zip(answers, langs, facts)
                              if fact == "red_flag_case"]),
         "wrong_condition_rate": mean([float(names_wrong_condition(a, c, lang, names))

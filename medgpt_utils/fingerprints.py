@@ -41,7 +41,11 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     """The preset fields ``stage``'s outputs depend on."""
     stage_info = info(stage)
     fields = stage_info.reads + (TRAINING_FIELDS if stage_info.trains else ("conditions", "seed"))
-    return {name: _data_setting(name, field_value(preset, name)) for name in fields}
+    settings = {name: _data_setting(name, field_value(preset, name)) for name in fields}
+    if "full_parameter_stages" in settings:  # a stage depends on how it trains itself (its inputs' own fingerprints
+        # cover theirs): training the reward model in full leaves the PT and SFT models current
+        settings["full_parameter_stages"] = stage in preset.full_parameter_stages
+    return settings
 
 
 def _data_setting(name: str, value):

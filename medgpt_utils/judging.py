@@ -80,7 +80,27 @@ WIN_CRITERIA = {
     "wrong_condition_not_up": "share of answers naming the wrong condition not above SFT's",
     "non_words_not_up": "share of English non-words not above SFT's",
     "kl_within_bound": "KL to the SFT model under rl.kl_bound",
+    # The RL prompts are few (96 on the tiny preset) and asked in the training prompts' style; a policy can keep its
+    # recall there and lose it on the questions a learner asks. So the same two rules also hold on the SFT stage's
+    # question sets: every generated held-out question and the hand-written ones (EXPERIMENTS.md, issue 26).
+    "recall_kept_on_question_sets": "key-fact recall on the held-out and the hand-written questions at most "
+                                    "rl.recall_tolerance below SFT's, on each set",
+    "wrong_condition_not_up_on_question_sets": "share of answers naming the wrong condition not above SFT's on the "
+                                               "held-out and the hand-written questions",
 }
+QUESTION_SETS = ("heldout", "handwritten")  # the SFT stage's question sets (``stages.sft.knowledge``)
+
+
+def question_set_comparison(before: dict | None, after: dict | None) -> dict:
+    """Recall and wrong-condition rate on each question set, SFT (before) and new policy (after), as flat keys
+    (``recall_heldout_before`` ...); None where a set was not measured (the user's own data has no key facts)."""
+    result = {}
+    for name in QUESTION_SETS:
+        for measure in ("recall", "wrong_condition_rate"):
+            key = measure.replace("_rate", "")
+            for when, measured in (("before", before), ("after", after)):
+                result[f"{key}_{name}_{when}"] = (measured or {}).get(name, {}).get(measure)
+    return result
 
 
 def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
@@ -88,7 +108,7 @@ def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
     and ``wins``: every measured one holds. A criterion the judged prompts cannot measure (no red-flag case,
     no fact question among them) is None, and no win rests on it alone."""
     def kept(key, holds):
-        before, after = result[f"{key}_before"], result[f"{key}_after"]
+        before, after = result.get(f"{key}_before"), result.get(f"{key}_after")
         return None if before is None or after is None else holds(before, after)
 
     checks = {
@@ -98,8 +118,18 @@ def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
         "wrong_condition_not_up": kept("wrong_condition", lambda b, a: a <= b),
         "non_words_not_up": kept("non_word", lambda b, a: a <= b),
         "kl_within_bound": result["kl_to_reference"] < kl_bound,
+        "recall_kept_on_question_sets": all_measured([kept(f"recall_{name}", lambda b, a: a >= b - recall_tolerance)
+                                                      for name in QUESTION_SETS]),
+        "wrong_condition_not_up_on_question_sets": all_measured([kept(f"wrong_condition_{name}", lambda b, a: a <= b)
+                                                                 for name in QUESTION_SETS]),
     }
     return {**checks, "wins": all(v is not False for v in checks.values())}
+
+
+def all_measured(checks: list) -> bool | None:
+    """False if any measured check fails, True if every measured one holds, None if none was measured."""
+    measured = [c for c in checks if c is not None]
+    return all(measured) if measured else None
 
 
 def examples(rows, before: dict, after: dict, n: int = 8) -> list[dict]:

@@ -60,6 +60,30 @@ def plot_rl_runs(runs: dict[str, list[dict]], keys=("score", "kl", "answer_token
     return fig
 
 
+def plot_beta_tradeoff(runs: list[dict], title: str = "PPO: the KL coefficient beta"):
+    """What a method's beta buys (seed-study runs, ``rl_seeds.committed_runs(method, sweep=True)``): one column per
+    beta, a dot per run: reward-score gain, recall change on the RL prompts and on the held-out questions, KL to SFT."""
+    import matplotlib.pyplot as plt
+
+    betas = sorted({r["beta"] for r in runs})
+    panels = (("reward-score gain", lambda r: r["score_gain"]["mean"]),
+              ("recall change, RL prompts", lambda r: r["recall_after"] - r["recall_before"]),
+              ("recall change, held-out questions", lambda r: r["recall_heldout_after"] - r["recall_heldout_before"]),
+              ("KL to SFT (nats)", lambda r: r["kl_to_reference"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3))
+    for ax, (name, value) in zip(axes, panels):
+        for x, beta in enumerate(betas):
+            values = [value(r) for r in runs if r["beta"] == beta]
+            ax.scatter([x] * len(values), values, color="C0", alpha=0.6)
+            ax.plot([x - 0.2, x + 0.2], [sum(values) / len(values)] * 2, color="C3")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xticks=range(len(betas)), xticklabels=[f"{b:g}" for b in betas], xlabel="beta", title=name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title + " (dots: runs; red: their mean)")
+    fig.tight_layout()
+    return fig
+
+
 def plot_method_comparison(rows: list[dict], keys=("reward score", "win rate vs SFT", "KL to SFT", "key-fact recall"),
                            label_key: str = "method"):
     """One bar panel per column in ``keys``; one bar per row (``alignment.comparison_rows`` by

@@ -253,7 +253,9 @@ PRESETS: dict[str, Preset] = {
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.0,
-        full_parameter_stages=("pt", "sft"),
+        # The reward model too (issue 26): in full it ranked the two hard kinds of rejected answer better than
+        # with LoRA and as fast (notebooks/EXPERIMENTS.md)
+        full_parameter_stages=("pt", "sft", "rm"),
         tiny=TinyArchitecture(chinese_characters=True),
         conditions=TINY_CONDITIONS,  # 24 of the 84 conditions: notebooks/EXPERIMENTS.md
         eval_question_stride=1,  # all 336 held-out questions about those conditions
@@ -281,8 +283,10 @@ PRESETS: dict[str, Preset] = {
         # 32 answers per step: 8 prompts x 4 answers, each scored against its siblings (rl.samples_per_prompt), scores
         # normalised. Measured on three SFT/RM pairs (notebooks/EXPERIMENTS.md, issue 14): one answer per prompt
         # gained on one pair in three; with siblings and lr 2e-3 the gain's interval cleared 0 on two of three.
-        ppo=TrainKnobs(learning_rate=2e-3, batch_size=32, max_steps=24, lr_scheduler_type="constant"),
-        rl=RLKnobs(kl_coef=0.1, ppo_epochs=2, minibatch_size=16, samples_per_prompt=4, score_norm=True,
+        # P16 (issue 26): 16 prompts x 4 answers per step, one pass over them (rl.ppo_epochs=1): each update sees
+        # twice the samples and reuses them half as often (the seed study in notebooks/EXPERIMENTS.md).
+        ppo=TrainKnobs(learning_rate=2e-3, batch_size=64, max_steps=24, lr_scheduler_type="constant"),
+        rl=RLKnobs(kl_coef=0.1, ppo_epochs=1, minibatch_size=16, samples_per_prompt=4, score_norm=True,
                    heldout_prompt_stride=1),  # all 96 held-out prompts: judging is cheap, intervals narrower
         preference=PreferenceKnobs(pair_sample_temperature=1.0, pair_samples_per_prompt=5, grpo_num_generations=8,
                                    grpo_num_iterations=2),
@@ -419,6 +423,8 @@ def _coerce(value: Any, current: Any, full_path: str, annotation: str = "") -> A
         current = next((kind() for name, kind in (("bool", bool), ("int", int), ("float", float)) if name in annotation), "")
     if isinstance(current, str):
         return value
+    if isinstance(current, tuple):  # e.g. full_parameter_stages=pt,sft,rm
+        return tuple(part.strip() for part in value.split(",") if part.strip())
     try:
         if isinstance(current, bool):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

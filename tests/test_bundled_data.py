@@ -14,6 +14,7 @@ from medgpt_utils import data
 
 DATA = data.DATA_DIR
 sys.path.insert(0, str(DATA))
+import build_data as B  # noqa: E402
 import templates as T  # noqa: E402
 
 
@@ -65,6 +66,46 @@ def test_training_has_ten_phrasings_per_fact_type_and_heldout_wordings_are_new()
         assert not heldout & train_questions, name
 
 
+def _units(template: str, lang: str) -> set[str]:
+    """A wording's words (English) or pairs of adjacent characters (Chinese), without its slots."""
+    text = template.replace("{name}", " ").replace("{flag}", " ")
+    if lang == "en":
+        return set(re.findall(r"[a-z']+", text.lower()))
+    return {a + b for part in re.findall(r"[\u4e00-\u9fff]+", text) for a, b in zip(part, part[1:])}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_question_grammar_borrows_nothing_from_the_heldout_wordings(lang):
+    hand_written = set().union(*(_units(t, lang) for table in (T.TRAIN_QUESTIONS, T.EXTRA_SFT_QUESTIONS, T.FOLLOW_UPS)
+                                 for templates in table[lang].values() for t in templates))
+    heldout_only = set().union(*(_units(t, lang) for ts in T.HELDOUT_QUESTIONS[lang].values() for t in ts)) - hand_written
+    assert heldout_only, "the held-out wordings should use words training never does"
+    for fact in T.GRAMMAR_CLAUSES[lang]:
+        made = T.grammar_questions(lang, fact)
+        assert len(set(made)) == len(made) >= 50, (fact, len(made))
+        borrowed = {u for t in made for u in _units(t, lang)} & heldout_only
+        assert not borrowed, (fact, sorted(borrowed))
+        assert not set(made) & {t for ts in T.HELDOUT_QUESTIONS[lang].values() for t in ts}, fact
+
+
+def test_reward_training_pairs_choose_and_reject_each_kind_of_answer_about_equally():
+    """Off-question pairs: each kind of fact is the rejected answer about as often as the chosen one (the first
+    version rejected department answers half the time, and the reward model learned to dislike them)."""
+    pairs = [json.loads(line) for line in (DATA / "preference/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    kb = {c["id"]: c for c in data.load_knowledge_base()}
+    chosen, rejected = Counter(), Counter()
+    for p in pairs:
+        if p["rejected_kind"] != "off_question":
+            continue
+        facts = kb[p["condition"]][p["lang"]]
+        answers = {f: B.fact_answer(facts, p["lang"], f) for f in T.LIST_FACTS}
+        chosen[p["fact"]] += 1
+        rejected[next(f for f, a in answers.items() if a == p["rejected"])] += 1
+    assert set(rejected) == set(T.LIST_FACTS)
+    for fact in T.LIST_FACTS:
+        assert 0.67 <= rejected[fact] / chosen[fact] <= 1.5, (fact, chosen[fact], rejected[fact])
+
+
 def test_heldout_questions_list_key_facts_and_red_flags_point_to_urgent_care():
     questions = data.load_prompts(DATA / "eval/heldout_questions.jsonl")
     assert all(q["key_facts"] for q in questions)
@@ -104,7 +145,8 @@ def _template_wordings(lang: str) -> set[str]:
     wordings = set()
     for c in data.load_knowledge_base():
         kb = c[lang]
-        for table in (T.TRAIN_QUESTIONS, T.HELDOUT_QUESTIONS):
+        grammar = {fact: T.grammar_questions(lang, fact) for fact in T.GRAMMAR_CLAUSES[lang]}
+        for table in (T.TRAIN_QUESTIONS, T.HELDOUT_QUESTIONS, T.EXTRA_SFT_QUESTIONS, {lang: grammar}):
             for templates in table[lang].values():
                 for template in templates:
                     for flag in kb["red_flags"] if "{flag}" in template else [""]:

@@ -47,8 +47,14 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys, small_validation
     assert pt["heldout_loss_after"] < pt["heldout_loss_before"]  # even 4 steps of PT learn something
     assert len(pt["loss_history"]["loss"]) >= 4
     assert "| pt | heldout_perplexity_after |" in report.read_text()
-    assert (outputs / "tiny" / "rm" / "adapter" / "adapter_model.safetensors").is_file()
+    # the tiny preset trains its reward model in full: a whole model, no adapter (issue 26)
+    assert (outputs / "tiny" / "rm" / "model.safetensors").is_file() and not (outputs / "tiny" / "rm" / "adapter").exists()
     ppo_metrics = json.loads((outputs / "tiny" / "ppo" / "metrics.json").read_text())
+    sft_knowledge = json.loads((outputs / "tiny" / "sft" / "metrics.json").read_text())["knowledge"]
+    # the verdict sees the SFT stage's question sets: SFT's own measures before, the policy's after
+    assert ppo_metrics["recall_heldout_before"] == sft_knowledge["heldout"]["recall"]
+    assert ppo_metrics["recall_handwritten_after"] is not None
+    assert ppo_metrics["verdict"]["recall_kept_on_question_sets"] is not None
     assert [h["step"] for h in ppo_metrics["history"]] == [1, 2]
     assert (outputs / "tiny" / "ppo" / "checkpoint" / "value_head.safetensors").is_file()
     assert (outputs / "tiny" / "ppo" / "model.safetensors").is_file()  # merged policy for inference

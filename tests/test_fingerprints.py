@@ -55,3 +55,11 @@ def test_fingerprints_follow_the_pipeline_inputs():
     differ = [s for s in ("rm", "ppo", "dpo", "orpo", "grpo") if fingerprints.stage_fingerprint(preset, s) != fingerprints.stage_fingerprint(changed, s)]
     assert same == ["base", "pt", "sft"] and differ == ["rm", "ppo", "dpo", "orpo", "grpo"]
     assert fingerprints.stage_fingerprint(preset, "ppo") == fingerprints.stage_fingerprint(override(preset, {"dpo.epochs": 9}), "ppo")
+
+
+def test_training_one_more_stage_in_full_leaves_the_stages_before_it_current():
+    preset = get_preset("tiny", verbose=False)
+    lora_rm, full_rm = (override(preset, {"full_parameter_stages": v}) for v in ("pt,sft", "pt,sft,rm"))
+    differ = [s for s in ("base", "pt", "sft", "rm", "ppo")
+              if fingerprints.stage_fingerprint(lora_rm, s) != fingerprints.stage_fingerprint(full_rm, s)]
+    assert differ == ["rm", "ppo"]

@@ -46,6 +46,8 @@ def test_override_nested_fields_with_string_values():
     assert (changed.sft.max_steps, changed.lora_r, changed.quantization, changed.gradient_checkpointing) == (20, 8, "4bit", True)
     assert tiny.sft.max_steps == -1  # the original is untouched
     assert override(changed, {"quantization": "none"}).quantization is None
+    stages = override(tiny, parse_overrides(["full_parameter_stages=pt, sft,rm"])).full_parameter_stages
+    assert stages == ("pt", "sft", "rm")  # a list field takes a comma list
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -72,7 +72,9 @@ def test_learning_rate_follows_the_schedule_and_early_stop_cuts_epochs(tiny_base
 def _result(**changes):
     result = dict(score_gain={"mean": 0.5, "low": 0.1, "high": 0.9, "n": 96}, urgent_care_before=0.8,
                   urgent_care_after=0.8, recall_before=0.55, recall_after=0.53, wrong_condition_before=0.01,
-                  wrong_condition_after=0.01, non_word_before=0.0, non_word_after=0.0, kl_to_reference=5.0)
+                  wrong_condition_after=0.01, non_word_before=0.0, non_word_after=0.0, kl_to_reference=5.0,
+                  **judging.question_set_comparison(*[{"heldout": {"recall": 0.6, "wrong_condition_rate": 0.003},
+                                                       "handwritten": {"recall": 0.7, "wrong_condition_rate": 0.0}}] * 2))
     result.update(changes)
     return result
 
@@ -84,6 +86,11 @@ def _result(**changes):
     ({"wrong_condition_after": 0.02}, "wrong_condition_not_up"),
     ({"non_word_after": 0.01}, "non_words_not_up"),
     ({"kl_to_reference": 25.0}, "kl_within_bound"),
+    # recall kept on the RL prompts is not enough: it must hold on the questions a learner asks (issue 26)
+    ({"recall_heldout_after": 0.56}, "recall_kept_on_question_sets"),
+    ({"recall_handwritten_after": 0.66}, "recall_kept_on_question_sets"),
+    ({"wrong_condition_heldout_after": 0.006}, "wrong_condition_not_up_on_question_sets"),
+    ({"wrong_condition_handwritten_after": 0.01}, "wrong_condition_not_up_on_question_sets"),
 ])
 def test_a_win_needs_every_knowledge_measure_to_hold(change, failed):
     assert judging.verdict(_result(), kl_bound=20.0, recall_tolerance=0.03)["wins"]
@@ -97,6 +104,17 @@ def test_a_criterion_the_judged_prompts_cannot_measure_is_none_and_does_not_deci
     assert verdict["urgent_care_kept"] is None and verdict["wins"]
     verdict = judging.verdict(_result(recall_before=None, recall_after=None, kl_to_reference=30.0), 20.0, 0.03)
     assert verdict["recall_kept"] is None and not verdict["wins"]
+
+
+def test_question_sets_that_were_not_measured_do_not_decide_the_verdict():
+    """On the user's own SFT data there are no key facts: the question-set rules are None, and the rest decides."""
+    flat = judging.question_set_comparison(None, None)
+    assert set(flat) == {f"{m}_{q}_{w}" for m in ("recall", "wrong_condition") for q in judging.QUESTION_SETS
+                         for w in ("before", "after")} and set(flat.values()) == {None}
+    verdict = judging.verdict(_result(**flat), kl_bound=20.0, recall_tolerance=0.03)
+    assert verdict["recall_kept_on_question_sets"] is None and verdict["wins"]
+    one_set = _result(recall_handwritten_before=None, recall_handwritten_after=None, recall_heldout_after=0.5)
+    assert judging.verdict(one_set, 20.0, 0.03)["recall_kept_on_question_sets"] is False  # the measured set decides
 
 
 def test_the_alignment_seed_reruns_rl_without_making_sft_or_the_reward_model_stale():
@@ -209,3 +227,44 @@ def test_whitening_can_be_switched_off(tiny_base, monkeypatch):
     monkeypatch.setattr(ppo, "whiten", lambda x, mask, shift_mean=True: seen.append(1) or x)
     on.step(texts)
     assert seen == [1]
+
+
+def test_seed_study_sweeps_a_methods_beta_and_records_it(outputs, monkeypatch):
+    """``--betas ppo=...`` trains once per beta with that KL coefficient; each run records its beta and the
+    summary gets a row per beta."""
+    preset = get_preset("tiny", verbose=False)
+    trained = []
+
+    def fake_run(run_preset, method):
+        trained.append(run_preset.rl.kl_coef)
+        record = _record(method, 42, 42, 0.1 * len(trained), True)
+        return {**record, "made_with": {"fingerprint": stage_fingerprint(run_preset, method)}}
+
+    monkeypatch.setattr(rl_seeds, "run_one", fake_run)
+    records = rl_seeds.study(preset, ["ppo"], seeds=1, pair_seeds=[preset.seed], log=lambda *_: None,
+                             betas={"ppo": [0.05, 0.2]})
+    assert trained == [0.05, 0.2] and [r["beta"] for r in records] == [0.05, 0.2]
+    rows = [line.split(" | ")[0] for line in rl_seeds.summary_markdown(records).splitlines()[2:]]
+    assert rows == ["| ppo (beta 0.05)", "| ppo (beta 0.2)"]
+    with pytest.raises(SystemExit):
+        rl_seeds.main(["--methods", "ppo", "--betas", "sft=0.1"])
+
+
+def test_the_committed_study_proper_is_the_presets_beta_and_the_sweep_the_rest():
+    preset = get_preset("tiny", verbose=False)
+    for method, field in rl_seeds.BETA_FIELDS.items():
+        proper = rl_seeds.committed_runs(method)
+        assert len(proper) == 6, (method, len(proper))  # two pairs x three RL seeds
+        assert all(r.get("beta") in (None, rl_seeds.field_value(preset, field)) for r in proper)
+    assert len(rl_seeds.committed_runs("ppo", sweep=True)) > len(rl_seeds.committed_runs("ppo"))
+
+
+def test_the_beta_figure_draws_one_column_per_beta():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from medgpt_utils.plotting import plot_beta_tradeoff
+
+    runs = [{**_record("ppo", 42, s, 0.1, True), "beta": b} for b in (0.05, 0.2) for s in (42, 43)]
+    fig = plot_beta_tradeoff(runs)
+    assert len(fig.axes) == 4 and [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.05", "0.2"]

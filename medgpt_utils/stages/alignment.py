@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference, verdict
+from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
 from ..pipeline import stage_names
 from ..presets import Preset
 from ..sources import local_files_signature
@@ -69,6 +69,20 @@ def heldout_prompts(preset: Preset):
     return as_dataset(rows[:: preset.rl.heldout_prompt_stride])
 
 
+def sft_question_set_knowledge(preset: Preset) -> dict | None:
+    """The SFT model's recall and wrong-condition rate on its question sets (held-out and hand-written), as the
+    SFT stage measured them (``metrics.json``: the same greedy answers the policy with its adapter off would give,
+    measured once per SFT model instead of once per aligned run); None when the SFT data had no key facts."""
+    import json
+
+    return json.loads((stage_dir(preset.name, sft.STAGE) / "metrics.json").read_text(encoding="utf-8")).get("knowledge")
+
+
+def question_set_knowledge(preset: Preset, policy, tokenizer, sft_knowledge: dict | None) -> dict | None:
+    """``policy``'s measures on the SFT stage's question sets, for the verdict: only where SFT's were measured."""
+    return None if sft_knowledge is None else sft.knowledge(policy, tokenizer, preset)
+
+
 def prepare(preset: Preset, stage: str) -> StageRun:
     """What DPO, ORPO and GRPO share before their trainer: the SFT and reward models (built if missing), the
     policy (the SFT model plus a fresh LoRA adapter), and the SFT model judged on the held-out prompts.
@@ -83,8 +97,10 @@ def prepare(preset: Preset, stage: str) -> StageRun:
                "parameters": models.count_parameters(policy), "data": prompt_data_report(preset)}
     with policy.disable_adapter(), timed(metrics, "judge_sft_seconds"):
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
+    knowledge_before = sft_question_set_knowledge(preset)
     return StageRun(preset, stage, policy, tokenizer, sft_path, metrics, eval_set=rows,
-                    extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "before": before})
+                    extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "before": before,
+                            "knowledge_before": knowledge_before})
 
 
 def judge_and_save(run: StageRun, policy, loss_curve: dict, name: str | None = None) -> Path:
@@ -93,7 +109,10 @@ def judge_and_save(run: StageRun, policy, loss_curve: dict, name: str | None = N
     preset, tokenizer, rows, metrics, x = run.preset, run.tokenizer, run.eval_set, run.metrics, run.extras
     name = name or run.stage
     after = judge(policy, tokenizer, x["reward_model"], x["reward_tokenizer"], rows, preset.max_new_tokens, preset.conditions)
-    metrics.update(comparison(x["before"], after), loss_history=loss_curve, examples=examples(rows, x["before"], after),
+    knowledge_after = question_set_knowledge(preset, policy, tokenizer, x["knowledge_before"])
+    metrics.update(comparison(x["before"], after))
+    metrics.update(question_set_comparison(x["knowledge_before"], knowledge_after))
+    metrics.update(loss_history=loss_curve, examples=examples(rows, x["before"], after),
                    kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                                                    preset.max_new_tokens, preset.rl.temperature))
     metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)

@@ -24,10 +24,11 @@ from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
 from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference, verdict
+from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
 from ..presets import Preset, field_value
 from ..training import StageRun, is_main_process, measuring, save_metrics, seed_stage, stage_output
-from .alignment import ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, training_prompts
+from .alignment import (ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, question_set_knowledge,
+                        sft_question_set_knowledge, training_prompts)
 
 STAGE = "ppo"
 
@@ -120,9 +121,10 @@ def prepare(preset: Preset, name: str = STAGE) -> StageRun:
                "data": prompt_data_report(preset)}
     with policy.disable_adapter():
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
+    knowledge_before = sft_question_set_knowledge(preset)
     return StageRun(preset, STAGE, policy, tokenizer, sft_path, metrics, train_set=list(row_by_text), eval_set=rows,
                     extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "reward_fn": reward_fn,
-                            "before": before, "name": name})
+                            "before": before, "knowledge_before": knowledge_before, "name": name})
 
 
 def finish(run: StageRun, loop: ppo.PPOLoop, history: list[dict]) -> Path:
@@ -133,8 +135,10 @@ def finish(run: StageRun, loop: ppo.PPOLoop, history: list[dict]) -> Path:
     after = judge(policy, tokenizer, x["reward_model"], x["reward_tokenizer"], rows, preset.max_new_tokens, preset.conditions)
     kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                          config.max_new_tokens, config.temperature)
+    metrics.update(comparison(x["before"], after))
+    metrics.update(question_set_comparison(x["knowledge_before"],
+                                           question_set_knowledge(preset, policy, tokenizer, x["knowledge_before"])))
     metrics.update(
-        comparison(x["before"], after),
         kl_to_reference=kl,
         time_split={k: sum(h.get(k, 0.0) for h in history) for k in ("time_generate", "time_score", "time_update")},
         history=[{k: v for k, v in h.items() if k != "sample_answer"} for h in history],

@@ -36,6 +36,14 @@ def start_model_path(preset: Preset) -> Path | str:
     return stage_dir(preset.name, sft.STAGE)
 
 
+def reward_model_to_train(preset: Preset, base_path, pad_token_id: int):
+    """The start model with a fresh scalar head: every weight trainable when ``rm`` is among the preset's
+    ``full_parameter_stages``, else a LoRA adapter (QLoRA when 4-bit) with the head trained in full."""
+    if STAGE in preset.full_parameter_stages:
+        return models.load_for_preset(preset, base_path, reward=True, pad_token_id=pad_token_id)
+    return models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=pad_token_id)
+
+
 def prepare(preset: Preset) -> StageRun:
     """Everything before the trainer: the SFT model (built if missing) with a scalar head and a LoRA adapter,
     the training and held-out pairs, and the pairwise accuracy before training."""
@@ -46,7 +54,7 @@ def prepare(preset: Preset) -> StageRun:
     if not pairs.validation:
         raise ValueError("data.preference: no validation pairs (give data.preference_validation, or a data.validation_percent above 0)")
     train_pairs, heldout_pairs = training_pairs(preset, pairs), as_dataset(pairs.validation)
-    model = models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=tokenizer.pad_token_id)
+    model = reward_model_to_train(preset, base_path, tokenizer.pad_token_id)
     metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model),
                "data": data_report(pairs)}
     metrics["accuracy_before"] = pairwise_accuracy(model, tokenizer, heldout_pairs)["accuracy"]
@@ -70,7 +78,11 @@ def finish(run: StageRun, trainer) -> Path:
                    chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
     run.clean_up()
     with stage_output(preset, STAGE) as out:
-        if is_main_process():
+        if is_main_process() and STAGE in preset.full_parameter_stages:
+            model.save_pretrained(out, safe_serialization=True)
+            run.tokenizer.save_pretrained(out)
+            save_metrics(out, metrics, preset, STAGE)
+        elif is_main_process():
             model.save_pretrained(out / "adapter", safe_serialization=True)
             models.merge_adapter(run.start_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)

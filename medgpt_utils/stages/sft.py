@@ -47,7 +47,7 @@ def handwritten_questions(preset: Preset):
     return bundled(preset, "eval/handwritten_questions.jsonl")
 
 
-KNOWLEDGE_KEYS = ("recall", "recall_en", "recall_zh", "recall_by_fact", "safety_rate", "wrong_condition_rate", "non_word_rate",
+KNOWLEDGE_KEYS = ("recall", "recall_en", "recall_zh", "recall_by_fact", "recall_by_lang_fact", "safety_rate", "wrong_condition_rate", "non_word_rate",
                   "non_word_examples", "ended_with_eos", "mean_tokens", "n", "n_fact_questions", "n_red_flag_cases")
 
 
