@@ -117,7 +117,8 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
     workdir = output_root() / "bench" / "trainer"
     knobs = preset.sft
     batch_size = batch_size or knobs.batch_size
-    one_epoch = dict(num_train_epochs=1, max_steps=-1, logging_steps=10, per_device_train_batch_size=batch_size)
+    one_epoch = dict(num_train_epochs=1, max_steps=-1, logging_steps=10, per_device_train_batch_size=batch_size,
+                     save_strategy="no")  # a benchmark has nothing to resume
     if variant == "hf_padded":
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 

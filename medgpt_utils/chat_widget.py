@@ -1,8 +1,9 @@
 """The notebook's interactive chat: an ipywidgets front end over ``inference.ChatSession``.
 
 Text box, Send and Clear buttons, temperature and max-token sliders, a system prompt, the
-multi-turn history, and the reply streaming in as it is generated. Its callbacks are plain
-methods, so a headless test can set the text and press Send (``widget.send_button.click()``).
+multi-turn history, and the reply streaming in as it is generated, with a note under it when the
+question, the system prompt or older turns had to be cut to fit the model's context. Its callbacks
+are plain methods, so a headless test can set the text and press Send (``widget.send_button.click()``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class ChatWidget:
         if question is not None:
             turns += [("user", question), ("assistant", (partial or "") + " ▌")]
         rows = [f"<p><b>{'You' if role == 'user' else 'Model'}:</b> {html.escape(text)}</p>" for role, text in turns]
+        if self.session.notes:  # what the last question's prompt cut (set as soon as its reply starts)
+            rows.append(f"<p class='medgpt-note'><i>⚠️ {html.escape(self.session.note)}</i></p>")
         self.transcript.value = "".join(rows) or "<p><i>No messages yet.</i></p>"
 
     def on_send(self, _button=None) -> None:
@@ -58,10 +61,10 @@ class ChatWidget:
         self.session.max_new_tokens = int(self.max_new_tokens.value)
         self.send_button.disabled = True
         try:
-            reply = ""
+            reply, shown = "", question[: self.session.limits.message_chars]  # what the model can see of it at most
             for piece in self.session.stream(question):
                 reply += piece
-                self._render(question, reply)
+                self._render(shown, reply)
         finally:
             self.send_button.disabled = False
             self._render()

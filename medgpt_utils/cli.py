@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     web.add_argument("--port", type=int, default=7860)
     web.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+    web.add_argument("--auth", metavar="USER[:PASSWORD]",
+                     help="require a login: USER:PASSWORD, or USER with the password in $MEDGPT_WEB_PASSWORD "
+                          "(a command line is visible to other users of the machine)")
     presets = sub.add_parser("presets", help="print every preset's settings as JSON (--explain: what each field means)",
                              description="Print every preset's settings as JSON, or with --explain every field's meaning.")
     presets.add_argument("--name", choices=sorted(PRESETS), help="only this preset")
@@ -139,13 +142,26 @@ def _data_overrides(args) -> dict[str, str]:
     return overrides
 
 
+def _check_data_options(args) -> None:
+    """``--data ""`` (an unset shell variable, say) would otherwise quietly mean the bundled data."""
+    for option, attribute in (("--data", "data"), ("--validation-data", "validation_data")):
+        value = getattr(args, attribute, None)
+        if value is not None and not value.strip():
+            raise ValueError(f"{option} is empty: name a file, a folder, a save_to_disk folder or hub:<dataset id>, "
+                             f"or leave {option} out to use the bundled data")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .artifacts import OutputLockedError
     from .data import DataFormatError
     from .sources import DataSourceError
 
     try:
         return _main(argv)
     except (DataFormatError, DataSourceError) as err:  # the user's data: one line naming the source, no traceback
+        print(f"medgpt: error: {err}", file=sys.stderr)
+        return 2
+    except OutputLockedError as err:  # another process writes the same stage: say which, before any training
         print(f"medgpt: error: {err}", file=sys.stderr)
         return 2
 
@@ -168,6 +184,7 @@ def _main(argv: list[str] | None) -> int:
     if getattr(args, "gpus", None):
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before preset detection first asks torch about CUDA
     try:
+        _check_data_options(args)
         preset = get_preset(args.preset, {**parse_overrides(args.set), **_data_overrides(args)})
     except ValueError as err:
         print(f"medgpt: error: {err}", file=sys.stderr)
@@ -240,6 +257,11 @@ def _chat_command(args, preset) -> int:
 
     from . import inference
 
+    try:
+        auth = _web_credentials(args)
+    except ValueError as err:
+        print(f"medgpt: error: {err}", file=sys.stderr)
+        return 2
     device = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
     quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
     base_model = args.base_model
@@ -259,12 +281,12 @@ def _chat_command(args, preset) -> int:
         from .web import launch
 
         launch(model, tokenizer, args.system_prompt, args.max_new_tokens, args.temperature,
-               host=args.host, port=args.port, share=args.share)
+               host=args.host, port=args.port, share=args.share, auth=auth)
         return 0
     if args.data_file:
         try:
             n = inference.predict_file(model, tokenizer, args.data_file, args.predictions_file, args.system_prompt,
-                                       args.max_new_tokens, args.temperature)
+                                       args.max_new_tokens, args.temperature, max_prompt_tokens=preset.max_length)
         except (OSError, ValueError) as err:
             print(f"medgpt: error: {err}", file=sys.stderr)
             return 2
@@ -272,6 +294,14 @@ def _chat_command(args, preset) -> int:
     if args.interactive or not args.data_file:
         _chat_loop(inference.ChatSession(model, tokenizer, args.system_prompt, args.max_new_tokens, args.temperature))
     return 0
+
+
+def _web_credentials(args) -> tuple[str, str] | None:
+    if args.command != "web":
+        return None
+    from .web import credentials
+
+    return credentials(args.auth)
 
 
 def _chat_loop(session) -> None:
@@ -288,9 +318,15 @@ def _chat_loop(session) -> None:
             session.clear()
             continue
         print("Assistant: ", end="", flush=True)
-        for piece in session.stream(question):
-            print(piece, end="", flush=True)
+        try:
+            for piece in session.stream(question):
+                print(piece, end="", flush=True)
+        except ValueError as err:  # e.g. --max_new_tokens leaves no room for a prompt
+            print(f"\nmedgpt: error: {err}", file=sys.stderr)
+            continue
         print()
+        if session.notes:
+            print(f"({session.note})")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,19 @@ Public API (``paths`` may be a file, a folder of ``.txt``/``.json``/``.jsonl``/`
 
 A malformed record raises ``DataFormatError`` naming the file, the line and the problem. With
 ``on_error="skip"`` it is skipped, its reason logged, and the ``LoadReport`` (returned with
-``return_report=True``) counts what was read, kept and skipped by reason: read == kept + skipped.
+``return_report=True``) adds up: read == kept + skipped + unread, where *unread* counts the parts of files that
+could not be split into records (a ``.json`` list cut short); what a folder holds besides data files is listed in
+``LoadReport.ignored``. Files are streamed a line at a time and records become Arrow tables a batch at a time, so
+loading costs about twice the file's size in memory, not a Python object per record for the whole file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +34,20 @@ from .artifacts import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
+DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")  # matched whatever their case (DATA.JSONL is read too)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # ShareGPT tool-call turns (LLaMA-Factory's layout). The course's chat templates have no tool roles, so a
 # dialogue holding them is skipped with this reason counted, never silently cut.
 TOOL_ROLES = ("function_call", "observation", "tool")
 MESSAGE_ROLES = ("system", "user", "assistant")
+# Deeper JSON is refused record by record: Python's parser and the datasets library recurse once per level and
+# fail with a RecursionError (no file, no line) near 1000; chat records nest 3 to 6 levels.
+MAX_NESTING = 64
+# Records become Arrow tables in batches of this many rows (or bytes of source text): only one batch is ever held
+# as Python objects.
+BATCH_ROWS = 1000
+BATCH_BYTES = 16 * 2**20
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 BOM (Windows editors) is not data
 
 
 class DataFormatError(ValueError):
@@ -46,19 +60,29 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class UnreadPart(DataFormatError):
+    """A part of a file that could not be split into records (a ``.json`` list whose brackets never close, text
+    after its end, a parquet file unreadable from some row on). How many records it held is unknown: the report
+    counts it once, as *unread*."""
+
+
 class _Bad(Exception):
     """Raised inside converters; turned into DataFormatError with the file and line."""
 
 
 @dataclass
 class LoadReport:
-    """How many records were read, kept and skipped (by reason). read == kept + skipped."""
+    """What a load found. read == kept + skipped (by reason) + unread (parts of files that could not be split into
+    records); ``ignored``: what folders held besides data files ("path (why)"); ``notes``: columns kept as text."""
 
     files: list[str] = field(default_factory=list)
     read: int = 0
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
+    unread: int = 0
     errors: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     # Usable records about conditions outside the preset's list (``Preset.conditions``): left out of
     # this run on purpose, counted here so nothing disappears unreported. Not part of read == kept + skipped.
     outside_conditions: int = 0
@@ -69,8 +93,30 @@ class LoadReport:
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
-        scope = f"; {self.outside_conditions} kept records left out (conditions outside the preset)" if self.outside_conditions else ""
-        return f"{len(self.files)} file(s): read {self.read}, kept {self.kept}, skipped {self.skipped_total} ({reasons}){scope}"
+        text = f"{len(self.files)} file(s): read {self.read}, kept {self.kept}, skipped {self.skipped_total} ({reasons})"
+        if self.unread:
+            text += f", unread {self.unread} (parts of files that could not be split into records)"
+        if self.outside_conditions:
+            text += f"; {self.outside_conditions} kept records left out (conditions outside the preset)"
+        return text + ignored_text(self.ignored)
+
+    def merge(self, other: "LoadReport") -> None:
+        """Add another load's counts (the bundled kinds read several files)."""
+        self.files += other.files
+        self.read, self.kept, self.unread = self.read + other.read, self.kept + other.kept, self.unread + other.unread
+        self.skipped.update(other.skipped)
+        self.errors += other.errors
+        self.ignored += other.ignored
+        self.notes += other.notes
+        self.outside_conditions += other.outside_conditions
+
+
+def ignored_text(ignored: list[str], shown: int = 5) -> str:
+    """"; ignored 2: a.csv (why), ..." for a report line; empty when nothing was ignored."""
+    if not ignored:
+        return ""
+    more = f", and {len(ignored) - shown} more" if len(ignored) > shown else ""
+    return f"; ignored {len(ignored)}: {', '.join(ignored[:shown])}{more}"
 
 
 # ---------------------------------------------------------------- bundled data
@@ -79,31 +125,101 @@ def bundled(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
-# ---------------------------------------------------------------- reading files
-def _files(paths) -> list[Path]:
+# ---------------------------------------------------------------- finding files
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _files(paths) -> tuple[list[Path], list[str]]:
+    """The data files ``paths`` name, in order (a folder's sorted), and what folders held besides them."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
+    ignored: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix in DATA_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints
-            )
+            inside, left_out = _folder_files(path)
+            ignored += left_out
             if not inside:
-                raise DataFormatError(path, None, f"folder has no data files ({', '.join(DATA_SUFFIXES)})")
+                raise DataFormatError(path, None, f"folder has no data files ({', '.join(DATA_SUFFIXES)})"
+                                                  f"{ignored_text(left_out)}")
             found.extend(inside)
         elif path.is_file():
-            if path.suffix not in DATA_SUFFIXES:
+            if _suffix(path) not in DATA_SUFFIXES:
                 raise DataFormatError(path, None, f"unsupported file type {path.suffix!r}; use {', '.join(DATA_SUFFIXES)}")
             found.append(path)
         else:
             raise DataFormatError(path, None, "no such file or folder")
     if not found:
         raise ValueError("no data paths given")
-    return found
+    return found, ignored
+
+
+def _folder_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Every data file under ``root``, linked folders followed (each real folder read once), and what was left out,
+    each as "path (why)": hidden files and folders (``.ipynb_checkpoints`` holds copies of files edited in Jupyter,
+    read twice they would double records), other file types, broken links, unreadable folders."""
+    files: list[Path] = []
+    ignored: list[str] = []
+    entered = {root.resolve()}
+    for folder, subfolders, names in os.walk(root, followlinks=True,
+                                             onerror=lambda err: ignored.append(f"{err.filename} (unreadable: {err.strerror})")):
+        here = Path(folder)
+        # real folders claim their place before links to them, so a link to a folder read anyway is the one left out
+        order = sorted(subfolders, key=lambda name: ((here / name).is_symlink(), name))
+        subfolders[:] = [name for name in order if _enter(root, here / name, entered, ignored)]
+        for name in names:
+            why = _not_data(here / name)
+            if why:
+                ignored.append(f"{here / name} ({why})")
+            else:
+                files.append(here / name)
+    return sorted(files), sorted(ignored)
+
+
+def _enter(root: Path, folder: Path, entered: set, ignored: list[str]) -> bool:
+    """Whether to read a subfolder: not hidden, and not a link to a folder read already or to one above ``root``."""
+    if folder.name.startswith("."):
+        ignored.append(f"{folder}{os.sep} (hidden folder)")
+        return False
+    real = folder.resolve()
+    if real in entered or real in root.resolve().parents:
+        ignored.append(f"{folder}{os.sep} (a link to a folder read already)")
+        return False
+    entered.add(real)
+    return True
+
+
+def _not_data(path: Path) -> str | None:
+    """Why a file in a folder is not read, or None when it is a data file."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if not path.is_file():
+        return "broken link" if path.is_symlink() else "not a regular file"
+    if _suffix(path) not in DATA_SUFFIXES:
+        return f"not a data file: {', '.join(DATA_SUFFIXES)} are read"
+    return None
+
+
+# ---------------------------------------------------------------- reading records
+# Every reader yields (number, record, size): the line (or row) a record starts on, the record (or the
+# DataFormatError that makes it unusable) and its size in bytes (how batches are cut; 0 when unknown).
+def _records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any, int]]:
+    suffix = _suffix(path)
+    if suffix == ".parquet":
+        return _parquet_records(path)
+    if suffix == ".json":
+        return _json_file_records(path)
+    return _line_records(path, text_field)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, line) for each line of a file, read one at a time. Lines end at "\\n" only: U+2028 and U+0085,
+    which ``json.dumps(ensure_ascii=False)`` writes unescaped, are text inside a record (``str.splitlines`` cuts there)."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, start=1):
+            yield number, line.removeprefix(_BOM) if number == 1 else line
 
 
 def _decode(path: Path, raw: bytes, line_offset: int = 0) -> str:
@@ -114,152 +230,515 @@ def _decode(path: Path, raw: bytes, line_offset: int = 0) -> str:
         raise DataFormatError(path, line, f"invalid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})") from None
 
 
-def _records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any]]:
-    """Yield (line, record) for every record in a file; a bad one yields (line, DataFormatError)."""
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows editors) is not data
-    if not raw.strip():
+def _line_records(path: Path, text_field: str | None) -> Iterator[tuple[int, Any, int]]:
+    """A ``.jsonl`` file (a JSON record a line) or ``.txt`` file (a text a line); blank lines are not records."""
+    empty = True
+    for number, raw in _lines(path):
+        if not raw.strip():
+            continue
+        empty = False
+        try:
+            yield number, _line_record(path, number, raw, text_field), len(raw)
+        except DataFormatError as err:
+            yield number, err, len(raw)
+    if empty:
         raise DataFormatError(path, None, "file is empty")
-    if path.suffix in (".txt", ".jsonl"):
-        for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
-            if not line_bytes.strip():
-                continue  # blank lines separate nothing and are not records
-            try:
-                line = _decode(path, line_bytes, number - 1)
-                if path.suffix == ".txt":
-                    if text_field is None:
-                        raise DataFormatError(path, number, "plain-text files are only accepted for pretraining text and prompts")
-                    yield number, {text_field: line.rstrip("\r")}
-                else:
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataFormatError(path, number, f"broken JSON: {err.msg} (column {err.colno})") from None
-            except DataFormatError as err:
-                yield number, err
-        return
-    yield from _json_array_records(path, _decode(path, raw))
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row number from 1, row) for every row of a parquet file (``text`` tables for pretraining, or any layout)."""
+def _line_record(path: Path, number: int, raw: bytes, text_field: str | None) -> Any:
+    line = _decode(path, raw.removesuffix(b"\n"), number - 1)
+    if _suffix(path) != ".txt":
+        return _parse_json(path, number, line)
+    if text_field is None:
+        raise DataFormatError(path, number, "plain-text files are only accepted for pretraining text and prompts")
+    return {text_field: line.rstrip("\r")}
+
+
+_NESTING_TOKENS = re.compile(r'\\.|["\[\]{}]', re.S)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether JSON text nests more than MAX_NESTING levels (brackets inside strings do not count)."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:  # the common case, at C speed
+        return False
+    depth, in_string = 0, False
+    for token in _NESTING_TOKENS.finditer(text):
+        mark = token.group()
+        if mark == '"':
+            in_string = not in_string
+        elif in_string or len(mark) == 2:  # text, or an escape
+            continue
+        elif mark in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _parse_json(path: Path, line: int, text: str, column: int = 0) -> Any:
+    """One record's JSON. ``line`` and ``column`` (0-based) say where ``text`` starts in the file, so errors point there."""
+    if _too_deep(text):
+        raise DataFormatError(path, line, f"JSON nested too deeply (more than {MAX_NESTING} levels)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        colno = err.colno + (column if err.lineno == 1 else 0)
+        raise DataFormatError(path, line + err.lineno - 1, f"broken JSON: {err.msg} (column {colno})") from None
+    except RecursionError:
+        raise DataFormatError(path, line, "JSON nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise DataFormatError(path, line, f"unreadable JSON value: {err}") from None
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, Any, int]]:
+    """(row number from 1, row, size) for every row of a parquet file, read a batch of rows at a time."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow's errors have no common base worth naming
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as err:
         raise DataFormatError(path, None, f"not a readable parquet file ({type(err).__name__}: {err})") from None
-    if table.num_rows == 0:
+    with file:
+        if file.metadata.num_rows == 0:
+            raise DataFormatError(path, None, "file is empty")
+        number = 0
+        try:
+            for batch in file.iter_batches(batch_size=BATCH_ROWS):
+                size = batch.nbytes // max(batch.num_rows, 1)
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row, size
+        except (OSError, pa.ArrowException) as err:
+            raise UnreadPart(path, number + 1, f"unreadable from here on ({type(err).__name__}: {err})", "row") from None
+
+
+def _json_file_records(path: Path) -> Iterator[tuple[int, Any, int]]:
+    """A ``.json`` file: a list of records, split one element at a time (``_ListSplitter``), or a single record."""
+    lines = _lines(path)
+    for number, raw in lines:
+        start = len(raw) - len(raw.lstrip())
+        if start < len(raw):
+            break
+    else:
         raise DataFormatError(path, None, "file is empty")
-    yield from enumerate(table.to_pylist(), start=1)
-
-
-def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """Records of a ``.json`` file (a list of objects, or one object) with their line numbers."""
-    decoder = json.JSONDecoder()
-    i = _skip_ws(text, 0)
-    if not text.startswith("[", i):
+    if raw[start : start + 1] != b"[":  # one record: the file is its text
+        raw += b"".join(line for _, line in lines)
         try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno})") from None
-        yield text.count("\n", 0, i) + 1, obj
+            yield number, _parse_json(path, number, _decode(path, raw, number - 1)), len(raw)
+        except DataFormatError as err:
+            yield number, err, len(raw)
         return
-    i = _skip_ws(text, i + 1)
-    if text.startswith("]", i):
-        raise DataFormatError(path, text.count("\n", 0, i) + 1, "JSON list is empty")
-    while True:
-        line = text.count("\n", 0, i) + 1
+    splitter = _ListSplitter(path)
+    yield from splitter.feed(number, raw)
+    for number, raw in lines:
+        yield from splitter.feed(number, raw)
+    yield from splitter.finish(number)
+
+
+_OUTSIDE = re.compile(rb'["\[\]{},]')  # what matters outside strings
+_INSIDE = re.compile(rb'\\.|"', re.S)  # inside a string: an escape, or its end
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_OPENS = {b"]": b"[", b"}": b"{"}
+
+
+class _ListSplitter:
+    """The elements of a ``.json`` list, cut out of its lines one at a time, so a broken record costs that record.
+
+    Strings are tracked (a bracket or comma inside one is text) and brackets counted; an element ends at a comma or
+    at the list's ``]`` outside them, and is parsed alone. A string still open at the end of its line (JSON strings
+    hold no line breaks) or a bracket closed by the other kind leaves the element's end unknown: the next record is
+    then looked for at the next line that starts with ``{`` at the indentation records started at before (or a line
+    holding only the list's ``]``). What cannot be split into records is yielded as an ``UnreadPart``.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.opened = False  # the list's "[" seen
+        self.closed = False  # its "]" seen
+        self.told_trailing = False  # text after the "]" reported
+        self.after_comma = False  # between elements, after a comma (an element must follow)
+        self.elements = 0
+        self.record_indent: int | None = None  # where records start on their lines, for finding one again
+        self._new_element(None)
+
+    def _new_element(self, start: tuple[int, int] | None, problem: str | None = None) -> None:
+        self.start = start  # (line, column in characters) of the element's first byte; None between elements
+        self.pieces: list[bytes] = []
+        self.stack: list[bytes] = []
+        self.in_string = False
+        self.complete = False  # its value ended: a comma or "]" is due
+        self.problem = problem  # why it is unusable (reported at self.problem_line)
+        self.problem_line = start[0] if start else None
+        self.lost = False  # its end is unknown
+
+    def _break(self, line: int, problem: str, lost: bool = True) -> None:
+        if self.problem is None:
+            self.problem, self.problem_line = problem, line
+        self.lost = self.lost or lost
+
+    def _end(self) -> tuple[int, Any, int]:
+        """The current element as a (line, record or error, size) item; then none is open."""
+        (line, column), problem, problem_line = self.start, self.problem, self.problem_line
+        raw = b"".join(self.pieces).rstrip()  # the blank after a record is not part of it (errors would point past it)
+        self.elements += 1
+        self._new_element(None)
+        if problem:
+            return problem_line, DataFormatError(self.path, problem_line, f"broken JSON: {problem}"), len(raw)
         try:
-            obj, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, err.lineno, f"broken JSON: {err.msg} (column {err.colno}){_REST_UNREAD}") from None
-        yield line, obj
-        i = _skip_ws(text, i)
-        if text.startswith(",", i):
-            i = _skip_ws(text, i + 1)
-        elif text.startswith("]", i):
+            return line, _parse_json(self.path, line, _decode(self.path, raw, line - 1), column), len(raw)
+        except DataFormatError as err:
+            return line, err, len(raw)
+
+    def _error(self, line: int, problem: str) -> tuple[int, Any, int]:
+        return line, DataFormatError(self.path, line, f"broken JSON: {problem}"), 0
+
+    def _starts_record(self, line: bytes) -> bool:
+        indent = len(line) - len(line.lstrip(b" \t"))
+        return indent == self.record_indent and line[indent : indent + 1] == b"{"
+
+    def feed(self, number: int, line: bytes) -> Iterator[tuple[int, Any, int]]:
+        if self.closed:
+            yield from self._after_list(number, line, 0)
             return
+        if self.start is not None and self.lost:
+            if self._starts_record(line):
+                yield self._end()
+            elif line.strip() == b"]":
+                yield self._end()
+                self.closed = True
+                return
+            else:
+                return  # still inside the broken element
+        yield from self._scan(number, line)
+
+    def _scan(self, number: int, line: bytes) -> Iterator[tuple[int, Any, int]]:
+        pos, mark = 0, 0  # mark: where the open element's bytes on this line begin
+        while pos < len(line):
+            if self.start is None:  # between elements: the next non-blank byte starts one
+                pos = _WHITESPACE.match(line, pos).end()
+                if pos == len(line):
+                    break
+                byte = line[pos : pos + 1]
+                if byte == b"[" and not self.opened:
+                    self.opened, pos = True, pos + 1
+                elif byte in (b"]", b","):
+                    yield from self._separator_between_elements(number, byte)
+                    pos += 1
+                    if self.closed:
+                        yield from self._after_list(number, line, pos)
+                        return
+                else:
+                    self._begin(number, line, pos)
+                    mark = pos
+                continue
+            if self.in_string:
+                found = _INSIDE.search(line, pos)
+                if not found:
+                    break
+                pos = found.end()
+                if found.group() == b'"':
+                    self.in_string = False
+                    self.complete = not self.stack
+                continue
+            found = _OUTSIDE.search(line, pos)
+            if not found:
+                break
+            token, at, pos = found.group(), found.start(), found.end()
+            if not self.stack and token in (b",", b"]"):
+                self.pieces.append(line[mark:at])
+                yield self._end()
+                if token == b"]":
+                    self.closed = True
+                    yield from self._after_list(number, line, pos)
+                    return
+                self.after_comma = True
+                continue
+            if self.complete and not self.stack and token in (b'"', b"[", b"{"):  # a record with no comma before it
+                self.pieces.append(line[mark:at])
+                yield self._end()
+                self._begin(number, line, at, problem="no ',' between this record and the one before")
+                mark = at
+            self._track(number, token)
+            if self.lost:
+                break  # the rest of the line belongs to the broken element; _ListSplitter.feed looks for the next record
+        if self.in_string:
+            self.in_string = False
+            self._break(number, "a string is not closed on its line (JSON strings cannot hold line breaks)")
+        if self.start is not None and not self.problem:  # a broken element's bytes are never parsed
+            self.pieces.append(line[mark:])
+
+    def _begin(self, number: int, line: bytes, at: int, problem: str | None = None) -> None:
+        column = len(line[:at].decode("utf-8", "replace"))  # in characters, as json reports columns
+        self._new_element((number, column), problem)
+        self.after_comma = False
+        if self.record_indent is None and not line[:at].strip() and line[at : at + 1] == b"{":
+            self.record_indent = at
+
+    def _track(self, number: int, token: bytes) -> None:
+        """A quote, bracket or comma outside strings, inside the current element (a comma there separates nothing)."""
+        if token == b",":
+            return
+        if token == b'"':
+            self.in_string = True
+        elif token in (b"[", b"{"):
+            self.stack.append(token)
+            self.complete = False
         else:
-            raise DataFormatError(path, text.count("\n", 0, i) + 1, f"broken JSON: expected ',' or ']' between records{_REST_UNREAD}")
+            opener = self.stack.pop() if self.stack else None
+            if opener != _OPENS[token]:
+                found = f"a {opener.decode()!r}" if opener else "nothing"
+                self._break(number, f"{token.decode()!r} closes {found}")
+            self.complete = not self.stack
+
+    def _separator_between_elements(self, number: int, byte: bytes) -> Iterator[tuple[int, Any, int]]:
+        if byte == b"]":
+            if self.elements == 0 and not self.after_comma:
+                yield number, DataFormatError(self.path, number, "JSON list is empty"), 0
+            elif self.after_comma:
+                yield self._error(number, "a ',' before the list's ']' (no record follows it)")
+            self.closed = True
+        else:
+            yield self._error(number, "an empty record (two ',' in a row)")
+            self.after_comma = True
+
+    def _after_list(self, number: int, line: bytes, pos: int) -> Iterator[tuple[int, Any, int]]:
+        if line[pos:].strip() and not self.told_trailing:
+            self.told_trailing = True
+            yield number, UnreadPart(self.path, number, "text after the end of the JSON list"), 0
+
+    def finish(self, last: int) -> Iterator[tuple[int, Any, int]]:
+        """At the end of the file: what is left open could not be read."""
+        if self.closed:
+            return
+        if self.start is not None and not (self.lost or self.stack or self.in_string):
+            yield self._end()  # a whole record, but the list's "]" never came
+        if self.start is not None:
+            line = self.problem_line or self.start[0]
+            why = self.problem or "brackets not closed"
+            yield line, UnreadPart(self.path, line, f"broken JSON: {why}; lines {line} to {last} could not be split "
+                                                    "into records (is the file cut short?)"), 0
+        else:
+            yield last, UnreadPart(self.path, last, "the JSON list is not closed with ']' (is the file cut short?)"), 0
 
 
-_REST_UNREAD = "; the records after it in this file could not be read"
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while i < len(text) and text[i] in " \t\r\n":
-        i += 1
-    return i
+# ---------------------------------------------------------------- converting and counting
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
 
 
 def _load(paths, convert: Callable[[Any], dict], on_error: str, return_report: bool, text_field: str | None = None):
-    from datasets import Dataset
-
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
+    _check_on_error(on_error)
     report = LoadReport()
-    rows: list[dict] = []
-    for path in _files(paths):
+    files, report.ignored = _files(paths)
+    for entry in report.ignored:
+        log.warning("ignored %s", entry)
+    parts = []
+    for path in files:
         report.files.append(str(path))
-        records = _parquet_records(path) if path.suffix == ".parquet" else _records(path, text_field)
-        rows += _convert_all(records, convert, path, "row" if path.suffix == ".parquet" else "line", on_error, report)
-    if not rows:
-        raise ValueError(f"no usable records in {', '.join(report.files)} ({report})")
+        unit = "row" if _suffix(path) == ".parquet" else "line"
+        rows = _convert_all(_records(path, text_field), convert, path, unit, on_error, report)
+        parts += [(str(path), table) for table in _tables(rows, str(path), report)]
+    if not report.kept:
+        raise ValueError(f"no usable records in {', '.join(report.files)} ({report}){first_error(report)}")
     log.info("loaded %s", report)
-    dataset = Dataset.from_list(fill_missing_columns(rows))
+    signature = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    dataset = dataset_from_tables(parts, report.notes, fingerprint=fingerprint_of(convert.__name__, on_error, signature))
     return (dataset, report) if return_report else dataset
 
 
-def _convert_all(records, convert, source, unit: str, on_error: str, report: LoadReport) -> list[dict]:
-    """Convert (number, record) pairs from one source; bad ones raise or are skipped and counted."""
-    rows = []
-    try:
-        for number, record in records:
+def first_error(report: LoadReport) -> str:
+    """"; the first: <file:line: problem>" for an error message about a whole source, so it names a line too."""
+    return f"; the first: {report.errors[0]}" if report.errors else ""
+
+
+def _convert_all(records, convert, source, unit: str, on_error: str, report: LoadReport) -> Iterator[tuple[int, dict, int]]:
+    """Convert the (number, record, size) items of one source, yielding the usable ones; a bad one raises or is
+    skipped and counted. A reader that fails (an empty file, an unreadable one) counts as one record read."""
+    items, number = iter(records), 0
+    while True:
+        try:
+            item = next(items, None)
+        except DataFormatError as err:
             report.read += 1
-            try:
-                if isinstance(record, DataFormatError):
-                    raise record
-                try:
-                    rows.append(convert(record))
-                except _Bad as bad:
-                    raise DataFormatError(source, number, str(bad), unit) from None
-                report.kept += 1
-            except DataFormatError as err:
-                _skip_or_raise(err, report, on_error)
-    except DataFormatError as err:  # the whole file is unusable (empty, not decodable JSON)
+            _skip_or_raise(err, report, on_error)
+            return
+        except OSError as err:  # no permission, a disk or network drive failing: the rest of the file is unknown
+            report.read += 1
+            problem = f"cannot be read ({type(err).__name__}: {err.strerror or err})"
+            _skip_or_raise(UnreadPart(source, number + 1 if number else None, problem, unit), report, on_error)
+            return
+        if item is None:
+            return
+        number, record, size = item
         report.read += 1
+        row = _convert_one(number, record, convert, source, unit, on_error, report)
+        if row is not None:
+            report.kept += 1
+            yield number, row, size
+
+
+def _convert_one(number: int, record: Any, convert, source, unit: str, on_error: str, report: LoadReport) -> dict | None:
+    try:
+        if isinstance(record, DataFormatError):
+            raise record
+        try:
+            return convert(record)
+        except _Bad as bad:
+            raise DataFormatError(source, number, str(bad), unit) from None
+    except DataFormatError as err:
         _skip_or_raise(err, report, on_error)
-    return rows
-
-
-CONVERTERS = {}  # kind -> converter, filled below: "pretraining", "sft", "preference", "prompts"
-
-
-def load_rows(rows: Iterable[dict], kind: str, source: str, on_error: str = "raise") -> tuple[list[dict], LoadReport]:
-    """Convert the rows of a ``datasets`` dataset (hub or ``save_to_disk``) as the file loaders convert records;
-    errors name ``source`` and the row number (from 1)."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
-    report = LoadReport(files=[source])
-    converted = _convert_all(enumerate(rows, start=1), CONVERTERS[kind], source, "row", on_error, report)
-    return converted, report
+        return None
 
 
 def _skip_or_raise(err: DataFormatError, report: LoadReport, on_error: str) -> None:
     if on_error == "raise":
         raise err
-    reason = err.problem.split(":")[0].split(" (")[0]
-    report.skipped[reason] += 1
+    if isinstance(err, UnreadPart):
+        report.unread += 1
+    else:
+        report.skipped[err.problem.split(":")[0].split(" (")[0]] += 1
     report.errors.append(str(err))
     log.warning("skipped %s", err)
 
 
-def fill_missing_columns(rows: list[dict]) -> list[dict]:
-    """Extra columns may appear in some files only; give the others None so rows align."""
-    keys: dict[str, None] = {}
-    for row in rows:
-        keys.update(dict.fromkeys(row))
-    return [{k: row.get(k) for k in keys} for row in rows]
+CONVERTERS = {}  # kind -> converter, filled below: "pretraining", "sft", "preference", "prompts"
+
+
+def load_rows(rows: Iterable[dict], kind: str, source: str, on_error: str = "raise"):
+    """Convert the rows of a ``datasets`` dataset (hub or ``save_to_disk``) as the file loaders convert records;
+    errors name ``source`` and the row number (from 1). Returns (``datasets.Dataset``, ``LoadReport``); the dataset
+    is empty (no columns) when no row was usable."""
+    import pyarrow as pa
+
+    _check_on_error(on_error)
+    report = LoadReport(files=[source])
+    numbered = ((number, row, 0) for number, row in enumerate(rows, start=1))
+    tables = _tables(_convert_all(numbered, CONVERTERS[kind], source, "row", on_error, report), source, report)
+    parts = [(source, table) for table in tables] or [(source, pa.table({}))]
+    return dataset_from_tables(parts, report.notes), report
+
+
+# ---------------------------------------------------------------- records as Arrow tables
+def _tables(rows: Iterable[tuple[int, dict, int]], source: str, report: LoadReport) -> list:
+    """Converted rows as Arrow tables of BATCH_ROWS rows (or BATCH_BYTES of source text): the Python objects of one
+    batch at a time are alive, the rest is Arrow memory (about the size of the text)."""
+    tables, batch, size = [], [], 0
+    for _, row, nbytes in rows:
+        batch.append(row)
+        size += nbytes
+        if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+            tables.append(_batch_table(batch, source, report))
+            batch, size = [], 0
+    if batch:
+        tables.append(_batch_table(batch, source, report))
+    return tables
+
+
+def _batch_table(rows: list[dict], source: str, report: LoadReport):
+    """One batch of rows as a table; a column missing from a row is None there (extra columns may come and go)."""
+    import pyarrow as pa
+
+    names = dict.fromkeys(key for row in rows for key in row)
+    return pa.table({name: _column([row.get(name) for row in rows], name, source, report) for name in names})
+
+
+def _column(values: list, name: str, source: str, report: LoadReport):
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, OverflowError):  # e.g. 1 and "a" in one column, or an integer above 2**63
+        kinds = sorted({type(v).__name__ for v in values if v is not None})
+        _note(report.notes, f"{source}: column {name!r} holds {' and '.join(kinds)} values; kept as text")
+        return pa.array([_as_text(v) for v in values], pa.string())
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+        log.warning("%s", note)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def harmonize(parts: list[tuple[str, Any]], notes: list[str]) -> list[tuple[str, Any]]:
+    """(source, table) pairs whose columns can be stacked: an extra column whose types cannot meet (``id`` an int
+    in one source, text in another; Arrow widens what it can: a column of None takes the other's type, int meets
+    float as float) becomes text in every table, with a note naming the column and the sources.
+
+    Text rather than an error: extra columns are carried along for the user and never trained on (the columns the
+    RL rules read are checked record by record in ``convert_prompt``), so stopping a run, or sending the user to
+    edit a hub data set, over an ``id`` column would cost more than the note."""
+    for name, by_type in _type_conflicts(parts).items():
+        sources = {source for names in by_type.values() for source in names}
+        where = "; ".join(f"{kind} in {', '.join(names)}" for kind, names in by_type.items())
+        _note(notes, f"column {name!r} has different types ({where}); kept as text" if len(sources) > 1 else
+              f"{next(iter(sources))}: column {name!r} holds {' and '.join(by_type)} values; kept as text")
+        parts = [(source, _text_column(table, name)) for source, table in parts]
+    return parts
+
+
+def _type_conflicts(parts) -> dict[str, dict[str, list[str]]]:
+    """{column: {type: [sources]}} for the columns whose types Arrow cannot unify."""
+    import pyarrow as pa
+
+    types: dict[str, dict] = {}
+    for source, table in parts:
+        for column in table.schema:
+            if column.type != pa.null():
+                names = types.setdefault(column.name, {}).setdefault(column.type, [])
+                if source not in names:
+                    names.append(source)
+    conflicts = {}
+    for name, by_type in types.items():
+        try:
+            pa.unify_schemas([pa.schema([pa.field(name, kind)]) for kind in by_type], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            conflicts[name] = {str(kind): names for kind, names in by_type.items()}
+    return conflicts
+
+
+def _text_column(table, name: str):
+    import pyarrow as pa
+
+    if name not in table.column_names or pa.types.is_string(table.schema.field(name).type):
+        return table
+    text = pa.array([_as_text(v) for v in table.column(name).to_pylist()], pa.string())
+    return table.set_column(table.schema.get_field_index(name), name, text)
+
+
+def concat_tables(parts: list[tuple[str, Any]], notes: list[str]):
+    """(source, table) pairs as one table, without copying the data (``harmonize`` first)."""
+    import pyarrow as pa
+
+    return pa.concat_tables([table for _, table in harmonize(parts, notes)], promote_options="permissive")
+
+
+def dataset_from_tables(parts: list[tuple[str, Any]], notes: list[str], fingerprint: str | None = None):
+    """A ``datasets.Dataset`` over (source, table) pairs. ``fingerprint``: what identifies the data (the files'
+    sizes and times), so ``datasets`` does not hash every byte to make one."""
+    from datasets import Dataset
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return Dataset(concat_tables(parts, notes), fingerprint=fingerprint or generate_random_fingerprint())
+
+
+def arrow_table(dataset):
+    """The rows of a ``datasets.Dataset`` (a filtered one too) as an Arrow table; no copy when unfiltered."""
+    return dataset.with_format("arrow")[:]
+
+
+def fingerprint_of(*parts) -> str:
+    """A ``datasets`` fingerprint from what identifies the data (paths, sizes, times, options)."""
+    return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- field checks
@@ -464,7 +943,24 @@ def convert_prompt(record: Any) -> dict:
         prompt, used, field_name = _system(record) + [{"role": "user", "content": _need_str(record, "question")}], {"question", "system"}, "question"
     else:
         raise _Bad(f"unknown prompt format: expected 'prompt', 'conversations', 'messages', 'instruction' or 'question', found keys {sorted(record)}")
+    _check_rule_fields(record)
     return {"prompt": _check_order(prompt, field_name, last="user"), **_extras(record, used)}
+
+
+# The columns of a prompt the RL rules read (``evaluation.rule_rewards``, GRPO's rule rewards), with the type they
+# read: a value of another type would change a reward without a word (the text "false" is true), so they are checked
+# like any field. Other extra columns are only carried along, and may even change type between sources (``harmonize``).
+RULE_FIELDS = {"condition": (str, "a string"), "lang": (str, "a string"), "red_flag": (bool, "true or false"),
+               "key_facts": (list, "a list of strings")}
+
+
+def _check_rule_fields(record: dict) -> None:
+    for key, (kind, words) in RULE_FIELDS.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(item, str) for item in value)):
+            raise _Bad(f"field '{key}' must be {words} (the RL rule rewards read it), got {json.dumps(value, ensure_ascii=False)[:40]}")
 
 
 def load_prompts(paths, on_error: str = "raise", return_report: bool = False):

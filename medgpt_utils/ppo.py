@@ -584,8 +584,10 @@ class PPOLoop:
         return {**{key: value / count for key, value in sums.items()}, "ppo_epochs_run": epochs_run}
 
     # ------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, folder: str | Path) -> Path:
-        """Adapter, value head, optimizer, RNG state and step, written atomically to ``folder``."""
+    def save_checkpoint(self, folder: str | Path, made_with: str | None = None, extra: dict | None = None) -> Path:
+        """Adapter, value head, optimizer, RNG state and step, written atomically to ``folder``; ``made_with`` (the
+        caller's key for the settings and inputs, so that a run with other ones does not resume from it) and
+        ``extra`` (JSON the caller wants back, e.g. the steps' statistics so far) are kept with them."""
         from safetensors.torch import save_file
 
         from .artifacts import atomic_dir
@@ -597,26 +599,53 @@ class PPOLoop:
             torch.save(self.optimizer.state_dict(), tmp / self.OPTIMIZER_FILE)  # tensors and numbers only
             save_file(rng_states(), str(tmp / self.RNG_FILE))
             state = {"step": self.step_count, "kl_coef": self.kl_coef, "config": asdict(self.config),
-                     "score_moments": vars(self.score_moments)}
+                     "score_moments": vars(self.score_moments), "made_with": made_with, "extra": extra or {}}
             (tmp / self.CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
         return folder
 
+    @classmethod
+    def checkpoint_state(cls, folder: str | Path) -> dict:
+        """The step, settings and ``made_with`` key a checkpoint recorded; ``CheckpointError`` naming the folder if
+        it cannot be read."""
+        try:
+            state = json.loads((Path(folder) / cls.CHECKPOINT_STATE).read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError(f"{cls.CHECKPOINT_STATE} has no step")
+            return state
+        except (OSError, ValueError) as err:
+            raise CheckpointError(folder, f"{type(err).__name__}: {err}") from None
+
     def load_checkpoint(self, folder: str | Path) -> int:
-        """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+        """Restore what ``save_checkpoint`` wrote; returns the step to continue from. Every file is read before
+        anything changes, so a damaged checkpoint (``CheckpointError``) leaves the loop as it was."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+        state = self.checkpoint_state(folder)
+        try:
+            adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+            value_head = load_file(str(folder / self.VALUE_HEAD_FILE))
+            # weights_only=True: the loader refuses anything but tensors and plain containers
+            optimizer = torch.load(folder / self.OPTIMIZER_FILE, weights_only=True)
+            rng = load_file(str(folder / self.RNG_FILE))
+        except Exception as err:  # missing or truncated files: safetensors, torch and the OS raise many kinds
+            raise CheckpointError(folder, f"{type(err).__name__}: {err}") from None
         set_peft_model_state_dict(self.model, adapter)
-        self.value_head.load_state_dict(load_file(str(folder / self.VALUE_HEAD_FILE)))
-        # weights_only=True: the loader refuses anything but tensors and plain containers
-        self.optimizer.load_state_dict(torch.load(folder / self.OPTIMIZER_FILE, weights_only=True))
-        set_rng_states(load_file(str(folder / self.RNG_FILE)))
-        state = json.loads((folder / self.CHECKPOINT_STATE).read_text())
+        self.value_head.load_state_dict(value_head)
+        self.optimizer.load_state_dict(optimizer)
+        set_rng_states(rng)
         self.step_count, self.kl_controller.value = state["step"], state["kl_coef"]
         vars(self.score_moments).update(state.get("score_moments", {}))
         return self.step_count
+
+
+class CheckpointError(RuntimeError):
+    """A PPO checkpoint that cannot be read; the message names the folder."""
+
+    def __init__(self, folder, problem: str):
+        self.folder, self.problem = Path(folder), problem
+        super().__init__(f"{folder}: damaged PPO checkpoint ({problem})")
 
 
 def rng_states() -> dict[str, torch.Tensor]:

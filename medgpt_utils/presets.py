@@ -209,6 +209,9 @@ class Preset:
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (less memory, more time)")
     trust_remote_code: bool = knob(False, "run model code from the hub (off unless asked)")
     seed: int = knob(42, "seed of every stage (weights, data order, sampling)")
+    # Not part of any stage's fingerprint: how often a run saves does not change what it trains.
+    checkpoint_steps: int = knob(100, "optimizer steps between the step checkpoints PT, SFT, RM, DPO, ORPO and GRPO save in "
+                                      "outputs/<preset>/<stage>_checkpoint/ (0: none); a rerun resumes from the last one")
     # Set by dryrun.stand_in (``medgpt run --dry-run``, ``MEDGPT_DRY_RUN`` in a notebook): random-weight stand-ins
     # train a few steps, so a notebook's checks assert the mechanics and leave what learning shows to real runs.
     dry_run: str | None = knob(None, "None, or the stand-in scale ('small' | 'full') of a dry run (random weights, a few steps)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,11 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         use_cpu=preset.device == "cpu",
         optim="adamw_torch",
         gradient_checkpointing=preset.gradient_checkpointing,
-        save_strategy="no",  # the stage saves once, atomically, at the end
+        # Step checkpoints (model, optimizer, scheduler, RNG) into the stage's checkpoint folder, the newest kept:
+        # a killed run resumes from it (``StageRun.resume_from``). The finished model is still saved once, atomically.
+        save_strategy="steps" if preset.checkpoint_steps > 0 else "no",
+        save_steps=max(preset.checkpoint_steps, 1),
+        save_total_limit=1,
         report_to="none",
         seed=preset.seed,
         data_seed=preset.seed,
@@ -68,18 +73,80 @@ class StageRun:
     train_set: Any = None
     eval_set: Any = None
     extras: dict = field(default_factory=dict)
-    workdir: Path = None  # the trainer's scratch folder (it saves nothing there: save_strategy "no")
+    # The trainer's output_dir: ``outputs/<preset>/<stage>_checkpoint/<key>/``, where its step checkpoints go. The key
+    # (``checkpoint_key``) changes with the stage's settings and with every rebuild of its inputs, so a checkpoint
+    # made for other settings or another SFT model is never resumed from.
+    workdir: Path = None
+    checkpoints: Path = None  # ``<stage>_checkpoint/``: every key's checkpoints, removed once the stage is saved
 
     def __post_init__(self):
-        import tempfile
-
+        if self.checkpoints is None:
+            self.checkpoints = checkpoint_root(self.preset, self.stage)
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix=f"medgpt-{self.stage}-"))
+            self.workdir = self.checkpoints / checkpoint_key(self.preset, self.stage)
+        if self.resume_from:
+            print(f"[{self.stage}] training resumes from the step checkpoint {self.resume_from}", flush=True)
+
+    @property
+    def resume_from(self) -> str | None:
+        """The newest complete step checkpoint saved with these settings and inputs, for
+        ``trainer.train(resume_from_checkpoint=run.resume_from)``; None: start afresh."""
+        return last_checkpoint(self.workdir)
 
     def clean_up(self) -> None:
+        """Remove the step checkpoints: called once the finished stage is saved, which supersedes them."""
         import shutil
 
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if is_main_process():
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+
+
+def checkpoint_root(preset: Preset, name: str) -> Path:
+    """``outputs/<preset>/<name>_checkpoint/``: where a stage's unfinished training is kept."""
+    return stage_dir(preset.name, name).with_name(f"{name}_checkpoint")
+
+
+def checkpoint_key(preset: Preset, stage: str) -> str:
+    """The stage's fingerprint (its settings, its inputs' settings, the bundled data) joined with the exact build
+    of each input stage (a hash of its ``metrics.json``, which a rebuild rewrites): what a checkpoint must match."""
+    import hashlib
+
+    from .fingerprints import stage_fingerprint
+    from .pipeline import info
+
+    digest = hashlib.sha256(stage_fingerprint(preset, stage).encode())
+    for name in info(stage).inputs:
+        metrics = stage_dir(preset.name, name) / METRICS_FILE
+        digest.update(name.encode() + (metrics.read_bytes() if metrics.is_file() else b"missing"))
+    return digest.hexdigest()[:16]
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that a Trainer finished writing (it writes ``trainer_state.json``
+    last: a run killed while saving leaves a folder without it, and the one before is used)."""
+    folder = Path(folder)
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        number = path.name.removeprefix("checkpoint-")
+        if number.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(number), path))
+    return str(max(steps)[1]) if steps else None
+
+
+def begin_stage(preset: Preset, name: str) -> None:
+    """Before a stage builds anything: check every data source (``check_data_sources``), take the lock of its output folder (``artifacts.hold_lock``; a second process
+    writing the same stage fails now, naming the holder, instead of after training) and clean what killed runs left
+    beside it. The lock is held until the stage is saved (``stage_output``). Only the main process writes."""
+    from .artifacts import clean_leftovers, hold_lock
+
+    check_data_sources(preset)  # the user's data read through once: a bad record fails now, not after the inputs are built
+    if not is_main_process():
+        return
+    final = stage_dir(preset.name, name)
+    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:3]) if sys.argv and sys.argv[0] else "python"
+    if hold_lock(final, f"stage {name} of preset {preset.name} ({command})"):
+        for note in clean_leftovers(final):
+            print(f"[{name}] {note}", flush=True)
 
 
 @contextmanager
@@ -185,7 +252,7 @@ def check_data_sources(preset: Preset) -> None:
         for setting in (kind, f"{kind}_validation"):
             spec = getattr(preset.data, setting)
             if setting == kind or spec.strip():
-                check_sources(spec, f"data.{setting}")
+                check_sources(spec, f"data.{setting}", on_error=preset.data.on_error)
 
 
 def data_report(loaded) -> list[dict]:
@@ -195,11 +262,12 @@ def data_report(loaded) -> list[dict]:
     return [dataclasses.asdict(r) for r in loaded.reports]
 
 
-def as_dataset(rows: list[dict], columns: list[str] | None = None):
-    """Records as a ``datasets.Dataset`` (``columns``: only these, in this order)."""
+def as_dataset(rows, columns: list[str] | None = None):
+    """Records (a list of dicts, or already a ``datasets.Dataset``) as a ``datasets.Dataset`` (``columns``: only these,
+    in this order)."""
     from datasets import Dataset
 
-    dataset = Dataset.from_list(rows)
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
     return dataset.select_columns(columns) if columns else dataset
 
 
@@ -286,8 +354,14 @@ def stage_output(preset: Preset, stage: str):
         with tempfile.TemporaryDirectory(prefix=f"medgpt-{stage}-rank-") as scratch:
             yield Path(scratch)
         return
-    with atomic_dir(stage_dir(preset.name, stage)) as tmp:
-        yield tmp
+    from .artifacts import release_lock
+
+    begin_stage(preset, stage)  # held since the stage began; taken here if a notebook skipped that
+    try:
+        with atomic_dir(stage_dir(preset.name, stage)) as tmp:
+            yield tmp
+    finally:
+        release_lock(stage_dir(preset.name, stage))
 
 
 def save_metrics(folder: Path, metrics: dict, preset: Preset, stage: str) -> None:

@@ -27,6 +27,30 @@ def test_bad_override_is_a_clear_error(outputs, capsys):
     assert "unknown preset field 'pt.nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--data", "--validation-data"])
+def test_an_empty_data_option_is_refused_instead_of_meaning_the_bundled_data(outputs, capsys, option):
+    assert cli.main(["sft", "--preset", "tiny", option, "  "]) == 2
+    assert f"{option} is empty: name a file, a folder" in capsys.readouterr().err
+    assert not (outputs / "tiny").exists()  # refused before anything was built
+
+
+def test_web_auth_reaches_the_server_and_the_password_is_never_printed(tiny_base, monkeypatch, capsys):
+    from medgpt_utils import web
+
+    seen = {}
+    monkeypatch.setattr(web, "launch", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv(web.PASSWORD_ENV, "s3cret")
+    common = ["web", "--preset", "tiny", "--base_model", str(tiny_base), "--use_cpu"]
+    assert cli.main(common + ["--auth", "alice"]) == 0
+    assert seen["auth"] == ("alice", "s3cret") and seen["host"] == "127.0.0.1"
+    monkeypatch.delenv(web.PASSWORD_ENV)
+    seen.clear()
+    assert cli.main(common + ["--auth", "alice"]) == 2 and not seen  # no password: refused before loading the model
+    captured = capsys.readouterr()
+    assert "--auth needs USER:PASSWORD, or USER with the password in $MEDGPT_WEB_PASSWORD" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+
+
 @pytest.mark.slow
 def test_run_writes_every_stage_and_the_report(outputs, capsys, small_validation):
     """`medgpt run` on the tiny preset, shortened: every stage's folder, metrics and the report."""

@@ -185,11 +185,10 @@ def sharegpt(*froms):
 BAD = [
     pytest.param(load_sft, jsonl(load_sft, '{"instruction": "咳嗽怎么办", "output": "多喝水"'), 2,
                  "broken JSON: Expecting ',' delimiter (column 41)", "broken JSON", 2, id="broken-json-line"),
-    # In a .json list the records after a syntax error cannot be found again: only those before it are kept.
+    # In a .json list a broken record costs only itself: the records after it are read.
     pytest.param(load_sft, ("data.json", ["[", f"  {GOOD_LINES[load_sft][0]},", '  {"instruction": "咳嗽怎么办", "output": },',
                                           f"  {GOOD_LINES[load_sft][1]}", "]"]), 3,
-                 ("broken JSON: Expecting value (column 38)", "the records after it in this file could not be read"),
-                 "broken JSON", 1, id="broken-record-in-json-list"),
+                 "broken JSON: Expecting value (column 38)", "broken JSON", 2, id="broken-record-in-json-list"),
     pytest.param(load_sft, jsonl(load_sft, '{"instruction": "头晕是什么原因？", "input": ""}'), 2,
                  "missing field 'output'", "missing field 'output'", 2, id="missing-field-alpaca-output"),
     pytest.param(load_preference, jsonl(load_preference, '{"question": "头晕怎么办？", "response_chosen": "就医。"}'), 2,

@@ -169,26 +169,6 @@ def test_ppo_update_keeps_train_mode_so_gradient_checkpointing_still_acts(tiny_b
     assert seen and all(training and not any(dropouts) for training, dropouts in seen), seen
 
 
-def test_ppo_resumes_only_a_checkpoint_made_with_the_same_settings(tiny_base, tmp_path, capsys):
-    import dataclasses
-
-    from medgpt_utils.stages import ppo as ppo_stage
-
-    preset = get_preset("tiny", verbose=False)
-    model, tokenizer = _model(tiny_base)
-    config = ppo.PPOConfig(prompts_per_step=2, minibatch_size=2, ppo_epochs=1, max_new_tokens=4)
-    reward = lambda prompts, batch, answers: torch.ones(len(answers))  # noqa: E731
-    first = ppo.PPOLoop(model, tokenizer, reward, config)
-    first.step(_texts(tokenizer, 2))
-    first.save_checkpoint(tmp_path / "ckpt")
-    same = ppo.PPOLoop(model, tokenizer, reward, config)
-    assert ppo_stage.train(preset, same, _texts(tokenizer, 2), steps=1, checkpoint=tmp_path / "ckpt", progress=False) == []
-    assert same.step_count == 1 and "resumed PPO" in capsys.readouterr().out
-    other = ppo.PPOLoop(model, tokenizer, reward, dataclasses.replace(config, kl_coef=0.5))
-    history = ppo_stage.train(preset, other, _texts(tokenizer, 2), steps=1, checkpoint=tmp_path / "ckpt", progress=False)
-    assert len(history) == 1 and "made with other PPO settings: starting afresh" in capsys.readouterr().out
-
-
 def test_reuse_stale_keeps_a_stale_input_stage_with_a_warning(outputs, monkeypatch, capsys):
     from medgpt_utils.artifacts import stage_dir
     from medgpt_utils.stages import pretrain

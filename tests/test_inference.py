@@ -47,6 +47,56 @@ def test_predict_file_writes_one_prediction_per_question_in_order_and_survives_l
     assert all(isinstance(r["answer"], str) for r in rows)
 
 
+class RecordingGenerate:
+    """`inference.generate`, recording each batch's prompts; it can fail on a chosen call, as running out of memory would."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.batches, self.fail_on_call = [], fail_on_call
+        self.real = inference.generate
+
+    def __call__(self, model, tokenizer, texts, *args, **kwargs):
+        self.batches.append(list(texts))
+        if len(self.batches) == self.fail_on_call:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.real(model, tokenizer, texts, *args, **kwargs)
+
+
+def _questions_file(tmp_path):
+    path = tmp_path / "q.txt"
+    lengths = [3, 400, 1, 6, 2000]  # repeats of a sentence: short, long, shortest, medium, beyond any budget
+    path.write_text("".join("Why does my knee hurt? " * n + "\n" for n in lengths), encoding="utf-8")
+    return path, len(lengths)
+
+
+def test_predict_file_budgets_prompts_sorts_batches_by_length_and_answers_in_input_order(tiny_chat, tmp_path, monkeypatch):
+    model, tokenizer = tiny_chat
+    path, count = _questions_file(tmp_path)
+    spy = RecordingGenerate()
+    monkeypatch.setattr(inference, "generate", spy)
+    out = tmp_path / "p.jsonl"
+    assert inference.predict_file(model, tokenizer, path, out, max_new_tokens=4, batch_size=2, max_prompt_tokens=120) == count
+    lengths = [[len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in batch] for batch in spy.batches]
+    flat = [n for batch in lengths for n in batch]
+    assert max(flat) <= 120 < inference.context_length(model) - 4  # the given budget, not the model's context
+    assert flat == sorted(flat, reverse=True) and [len(b) for b in lengths] == [2, 2, 1]  # longest first
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["shortened"] for r in rows] == [False, True, False, False, True]
+    assert not (tmp_path / "p.jsonl.partial").exists()
+
+
+def test_predict_file_keeps_the_finished_answers_when_a_batch_fails(tiny_chat, tmp_path, monkeypatch, caplog):
+    model, tokenizer = tiny_chat
+    path, count = _questions_file(tmp_path)
+    monkeypatch.setattr(inference, "generate", RecordingGenerate(fail_on_call=2))
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        inference.predict_file(model, tokenizer, path, out, max_new_tokens=4, batch_size=2, max_prompt_tokens=120)
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl.partial").read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["line"] for r in kept) == [2, 5] and all(isinstance(r["answer"], str) for r in kept)  # the longest
+    assert not out.exists() and "stopped after 2 of 5 answers; the finished ones are in" in caplog.text
+
+
 def test_fit_to_context_drops_oldest_turns_first_and_keeps_the_system_prompt(tiny_chat):
     _, tokenizer = tiny_chat
     history = []
@@ -97,6 +147,22 @@ def test_chat_widget_send_and_clear_callbacks(tiny_chat):
     assert chat.session.history == [] and "No messages yet" in chat.transcript.value
 
 
+def test_chat_widget_tells_the_user_when_the_question_was_cut(tiny_chat):
+    from medgpt_utils.chat_widget import chat_widget
+
+    model, tokenizer = tiny_chat
+    chat = chat_widget(model, tokenizer, max_new_tokens=4, temperature=0.0)
+    chat.question.value = "Why does my chest hurt? " * 5000
+    chat.send_button.click()
+    assert "Note: your message was cut to its first" in chat.transcript.value
+    assert len(chat.session.history[0]["content"]) < 5000  # the history holds what the model saw
+    chat.question.value = "What is gout?"
+    chat.send_button.click()
+    # the first question filled the context: now it is left out, and the note says so instead
+    assert "your message was cut" not in chat.transcript.value
+    assert "Note: the 2 oldest messages of the conversation were left out." in chat.transcript.value
+
+
 def test_medgpt_infer_batch_predictions_from_the_command_line(tiny_base, tmp_path, capsys):
     from medgpt_utils.cli import main
 
@@ -108,6 +174,34 @@ def test_medgpt_infer_batch_predictions_from_the_command_line(tiny_base, tmp_pat
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in rows] == ["What is gout?", "What causes asthma?"]
     assert "wrote 2 predictions" in capsys.readouterr().out
+
+
+def test_medgpt_infer_caps_prompts_at_the_presets_max_length(tiny_base, tmp_path, monkeypatch):
+    """Batch prompts are budgeted by the preset's max_length (448 for tiny), not the model's 1,024 positions."""
+    from medgpt_utils.cli import main
+    from medgpt_utils.presets import get_preset
+
+    spy = RecordingGenerate()
+    monkeypatch.setattr(inference, "generate", spy)
+    questions = tmp_path / "q.txt"
+    questions.write_text("Why does my knee hurt? " * 3000 + "\nWhat is gout?\n", encoding="utf-8")
+    out = tmp_path / "p.jsonl"
+    assert main(["infer", "--preset", "tiny", "--base_model", str(tiny_base), "--data_file", str(questions),
+                 "--predictions_file", str(out), "--max_new_tokens", "4", "--temperature", "0", "--use_cpu"]) == 0
+    tokenizer = models.load_tokenizer(tiny_base)
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for batch in spy.batches for t in batch)
+    assert 400 < longest <= get_preset("tiny", verbose=False).max_length == 448
+    assert [json.loads(line)["shortened"] for line in out.read_text(encoding="utf-8").splitlines()] == [True, False]
+
+
+def test_medgpt_infer_interactive_says_when_a_question_was_cut(tiny_base, monkeypatch, capsys):
+    from medgpt_utils.cli import main
+
+    typed = iter(["Why does my chest hurt? " * 5000, "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert main(["infer", "--preset", "tiny", "--base_model", str(tiny_base), "--interactive", "--max_new_tokens", "4",
+                 "--temperature", "0", "--use_cpu"]) == 0
+    assert "(Note: your message was cut to its first" in capsys.readouterr().out
 
 
 def test_medgpt_infer_reports_a_bad_data_file_clearly(tiny_base, tmp_path, capsys):

@@ -126,7 +126,7 @@ def test_trainers_are_built_in_view(stem):
     if stem == "04_ppo_rlhf":
         assert any("loop.learn(" in c for c in code) and any("ppo.gae(" in c for c in code)
     else:
-        assert sum(".train()" in c for c in code) >= len(TAUGHT[stem]), f"{stem}: .train() is not called in view"
+        assert sum("trainer.train(" in c for c in code) >= len(TAUGHT[stem]), f"{stem}: trainer.train() is not called in view"
 
 
 # Each objective computed by hand and asserted against the library: what the asserting cell must call.

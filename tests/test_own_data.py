@@ -102,7 +102,7 @@ def test_a_mixed_folder_reads_every_format_and_reports_what_it_skipped(user_file
     assert report.skipped == {"broken JSON": 1, "tool-call turns are not supported": 1}
     assert report.read == report.kept + 2 and report.train + report.validation == report.kept
     assert report.validation == -(-report.kept * 10 // 100)  # 10%, rounded up
-    assert all([t["role"] for t in r["messages"]][-1] == "assistant" for r in loaded.train + loaded.validation)
+    assert all([t["role"] for t in r["messages"]][-1] == "assistant" for r in list(loaded.train) + list(loaded.validation))
     assert not loaded.uses_bundled
     assert "skipped 2 (broken JSON: 1, tool-call turns are not supported: 1)" in report.line()
     with pytest.raises(data.DataFormatError, match=r"alpaca\.jsonl:2: broken JSON"):
@@ -199,7 +199,7 @@ def test_bundled_default_is_unchanged():
     for kind, (train_files, heldout, column) in files.items():
         loaded = load_stage_data(kind, "bundled", conditions=TINY.conditions)
         assert [r[column] for r in loaded.train] == [r[column] for name in train_files for r in _bundled(name)]
-        assert loaded.validation == _bundled(heldout) and loaded.uses_bundled
+        assert list(loaded.validation) == _bundled(heldout) and loaded.uses_bundled
 
 
 # ------------------------------------------------------------------ the stages on the user's data

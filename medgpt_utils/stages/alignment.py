@@ -18,8 +18,8 @@ from ..judging import comparison, examples, judge, kl_to_reference, question_set
 from ..pipeline import stage_names
 from ..presets import Preset
 from ..sources import local_files_signature
-from ..training import (StageRun, as_dataset, build_if_stale, data_report, is_main_process, loss_history, save_metrics, seed_stage, stage_data,
-                        stage_output, timed)
+from ..training import (StageRun, as_dataset, begin_stage, build_if_stale, data_report, is_main_process, loss_history,
+                        save_metrics, seed_stage, stage_data, stage_output, timed)
 from . import reward, sft
 
 
@@ -66,7 +66,7 @@ def heldout_prompts(preset: Preset):
     rows = _prompt_data(preset).validation
     if not rows:
         raise ValueError("data.prompts: no held-out prompts to judge on (give data.prompts_validation, or a data.validation_percent above 0)")
-    return as_dataset(rows[:: preset.rl.heldout_prompt_stride])
+    return as_dataset(rows).select(range(0, len(rows), preset.rl.heldout_prompt_stride))
 
 
 def sft_question_set_knowledge(preset: Preset) -> dict | None:
@@ -87,6 +87,7 @@ def prepare(preset: Preset, stage: str) -> StageRun:
     """What DPO, ORPO and GRPO share before their trainer: the SFT and reward models (built if missing), the
     policy (the SFT model plus a fresh LoRA adapter), and the SFT model judged on the held-out prompts.
     ``run.extras`` holds the reward model and its tokenizer, the held-out prompts and the SFT model's judgement."""
+    begin_stage(preset, stage)  # the output folder's lock, before anything is built
     sft_path, reward_path = ensure_inputs(preset)
     seed_stage(preset, preset.alignment_seed)
     tokenizer = models.load_tokenizer(sft_path, preset.trust_remote_code)
@@ -116,11 +117,11 @@ def judge_and_save(run: StageRun, policy, loss_curve: dict, name: str | None = N
                    kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                                                    preset.max_new_tokens, preset.rl.temperature))
     metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
-    run.clean_up()
     with stage_output(preset, name) as out:
         if is_main_process():
             models.save_trained(preset, run.stage, policy, tokenizer, run.start_path, out)
             save_metrics(out, metrics, preset, run.stage)
+    run.clean_up()  # the saved stage supersedes its step checkpoints
     return stage_dir(preset.name, name)
 
 

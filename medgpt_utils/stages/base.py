@@ -13,7 +13,7 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import tokens_per_char
 from ..presets import Preset
-from ..training import save_metrics, stage_output, seed_stage, stage_data
+from ..training import begin_stage, save_metrics, seed_stage, stage_data, stage_output
 
 STAGE = "base"
 
@@ -24,6 +24,7 @@ def model_path(preset: Preset) -> str | Path:
 
 
 def run(preset: Preset) -> Path:
+    begin_stage(preset, STAGE)  # the output folder's lock
     seed_stage(preset)
     with stage_output(preset, STAGE) as out:
         metrics = {"stage": STAGE, "preset": preset.name}

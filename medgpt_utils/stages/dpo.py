@@ -40,5 +40,5 @@ def run(preset: Preset) -> Path:
     trainer = prepared(DPOTrainer(model=run.model, ref_model=None, args=dpo_config(preset, run.workdir),
                                   train_dataset=run.train_set, processing_class=run.tokenizer), preset, STAGE)
     with measuring(run):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return alignment.finish(run, trainer)

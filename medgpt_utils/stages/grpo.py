@@ -92,5 +92,5 @@ def run(preset: Preset) -> Path:
                                    reward_processing_classes=[run.extras["reward_tokenizer"]] + [None] * (len(funcs) - 1)),
                        preset, STAGE)
     with measuring(run):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return alignment.finish(run, trainer)

@@ -34,5 +34,5 @@ def run(preset: Preset) -> Path:
     trainer = prepared(ORPOTrainer(model=run.model, args=orpo_config(preset, run.workdir), train_dataset=run.train_set,
                                    processing_class=run.tokenizer), preset, STAGE)
     with measuring(run):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return alignment.finish(run, trainer)

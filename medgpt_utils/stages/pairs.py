@@ -145,8 +145,7 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
         if saved.get("key") == key:
             metrics["sampled_pairs"] = saved["summary"]
             metrics["pair_sampling_seconds"] = 0.0  # reused; the first run's time is in the summary
-            rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
-            return Dataset.from_list(rows)
+            return Dataset.from_list(read_cache(folder))
     knobs, rows = preset.preference, sampling_rows(preset)
 
     def rules(indices, answers):  # the rule rewards PPO and GRPO add to the reward model's score
@@ -171,6 +170,13 @@ def prepare(preset: Preset, stage: str) -> StageRun:
     run.train_set = load_pairs(preset, preset.preference.pair_source, run.model, run.tokenizer, run.extras["reward_model"],
                                run.extras["reward_tokenizer"], run.metrics)
     return run
+
+
+def read_cache(folder: Path) -> list[dict]:
+    """The cached pairs, a line each. Split on "\\n" only: ``json.dumps(ensure_ascii=False)`` leaves U+0085 and U+2028
+    unescaped, and a sampled answer may hold them (``str.splitlines`` would cut the record there)."""
+    with open(folder / "pairs.jsonl", "rb") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
 
 
 def write_cache(folder: Path, rows: list[dict], key: dict, summary: dict) -> None:

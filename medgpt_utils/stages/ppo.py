@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
+import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from ..evaluation import rule_rewards
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
 from ..presets import Preset, field_value
-from ..training import StageRun, is_main_process, measuring, save_metrics, seed_stage, stage_output
+from ..training import (StageRun, begin_stage, checkpoint_key, is_main_process, measuring, save_metrics, seed_stage,
+                        stage_output)
 from .alignment import (ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, question_set_knowledge,
                         sft_question_set_knowledge, training_prompts)
 
@@ -69,30 +71,48 @@ def step_prompts(preset: Preset, config: ppo.PPOConfig, prompt_texts: list[str],
 
 def train(preset: Preset, loop: ppo.PPOLoop, prompt_texts: list[str], steps: int, checkpoint: Path | None = None,
           progress: bool = True) -> list[dict]:
-    """Run PPO steps on shuffled training prompts; resumes from ``checkpoint`` if one is there."""
+    """Run PPO steps on shuffled training prompts, saving ``checkpoint`` every ``rl.save_every`` steps; resumes
+    from it when it was made with this stage's settings and inputs (``resume``)."""
     from tqdm.auto import tqdm
 
-    if checkpoint is not None and checkpoint.exists():
-        saved = json.loads((checkpoint / loop.CHECKPOINT_STATE).read_text())["config"]
-        if saved == json.loads(json.dumps(dataclasses.asdict(loop.config))):
-            loop.load_checkpoint(checkpoint)
-            print(f"resumed PPO from {checkpoint} at step {loop.step_count}")
-        else:  # made with other settings: resuming would mix two runs under one record
-            print(f"{checkpoint} was made with other PPO settings: starting afresh")
-            shutil.rmtree(checkpoint)
-    history = []
+    key = checkpoint_key(preset, STAGE)
+    history = resume(loop, checkpoint, key) if checkpoint is not None else []  # the steps done before, if resumed
     for step in tqdm(range(loop.step_count, steps), desc="PPO", disable=not progress, initial=loop.step_count, total=steps):
         # In a data-parallel run (torchrun / accelerate launch) each process takes its share of the step's prompts.
         history.append(loop.step(ppo.local_share(step_prompts(preset, loop.config, prompt_texts, step), loop.config.samples_per_prompt)))
         if checkpoint is not None and (step + 1) % preset.rl.save_every == 0 and is_main_process():
-            loop.save_checkpoint(checkpoint)
+            loop.save_checkpoint(checkpoint, made_with=key, extra={"history": history})
     return history
+
+
+def resume(loop: ppo.PPOLoop, checkpoint: Path, key: str) -> list[dict]:
+    """Load ``checkpoint`` if it was made under ``key`` (``training.checkpoint_key``: the stage's settings, the
+    rewards, the prompts and the exact SFT and reward models); returns the statistics of the steps it had done.
+    One made otherwise, or damaged, would mix two runs under one record: it is moved aside (never deleted) with one
+    line saying why, and the run starts afresh."""
+    if not checkpoint.exists():
+        return []
+    try:
+        state = loop.checkpoint_state(checkpoint)
+        if state.get("made_with") != key or state.get("config") != json.loads(json.dumps(dataclasses.asdict(loop.config))):
+            why = "was made with other settings or inputs (PPO or reward knobs, prompts, or another SFT or reward model)"
+        else:
+            loop.load_checkpoint(checkpoint)
+            print(f"resumed PPO from {checkpoint} at step {loop.step_count}")
+            return list(state.get("extra", {}).get("history", []))
+    except ppo.CheckpointError as err:
+        why = f"is damaged ({err.problem})"
+    aside = checkpoint.with_name(f"{checkpoint.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    checkpoint.rename(aside)
+    print(f"{checkpoint} {why}: moved to {aside.name}, starting afresh (delete it when you no longer need it)")
+    return []
 
 
 def prepare(preset: Preset, name: str = STAGE) -> StageRun:
     """Everything before the PPO loop: the SFT model with a fresh LoRA adapter (the policy; adapter off: the
     reference), the reward model, the training prompts (``run.train_set``, chat-templated texts), the reward
     function, and the SFT model judged on the held-out prompts (``run.eval_set``)."""
+    begin_stage(preset, name)  # the output folder's lock, before anything is built
     if preset.ppo.max_steps <= 0:  # PPO samples its own data: there are no epochs to fall back on
         raise ValueError(f"PPO needs ppo.max_steps > 0 (got {preset.ppo.max_steps}); set it with --set ppo.max_steps=N")
     sft_path, reward_path = ensure_inputs(preset)
@@ -123,6 +143,7 @@ def prepare(preset: Preset, name: str = STAGE) -> StageRun:
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
     knowledge_before = sft_question_set_knowledge(preset)
     return StageRun(preset, STAGE, policy, tokenizer, sft_path, metrics, train_set=list(row_by_text), eval_set=rows,
+                    workdir=checkpoint_dir(preset, name), checkpoints=checkpoint_dir(preset, name),
                     extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "reward_fn": reward_fn,
                             "before": before, "knowledge_before": knowledge_before, "name": name})
 
@@ -146,14 +167,13 @@ def finish(run: StageRun, loop: ppo.PPOLoop, history: list[dict]) -> Path:
         examples=examples(rows, x["before"], after),
     )
     metrics["verdict"] = verdict(metrics, preset.rl.kl_bound, preset.rl.recall_tolerance)
-    run.clean_up()
     with stage_output(preset, name) as out:
         if is_main_process():
             loop.save_checkpoint(out / "checkpoint")  # adapter, value head, optimizer: resumable
             models.merge_adapter(run.start_path, out / "checkpoint" / "adapter", out, dtype=preset.torch_dtype,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
             save_metrics(out, metrics, preset, STAGE)
-    shutil.rmtree(checkpoint_dir(preset, name), ignore_errors=True)  # the finished stage folder supersedes it
+    run.clean_up()  # the finished stage folder supersedes the step checkpoint
     return stage_dir(preset.name, name)
 
 

@@ -15,8 +15,8 @@ from ..artifacts import stage_dir
 from ..data import pack_texts
 from ..evaluation import cloze_accuracy, heldout_loss, perplexity
 from ..presets import Preset
-from ..training import (StageRun, build_if_stale, bundled, data_report, is_main_process, loss_history, measuring, prepared, save_metrics, seed_stage,
-                        stage_data, stage_output, trainer_arguments)
+from ..training import (StageRun, begin_stage, build_if_stale, bundled, data_report, is_main_process, loss_history,
+                        measuring, prepared, save_metrics, seed_stage, stage_data, stage_output, trainer_arguments)
 from . import base
 
 STAGE = "pt"
@@ -36,6 +36,7 @@ def load_start_model(preset: Preset):
 def prepare(preset: Preset) -> StageRun:
     """Everything before the trainer: the tokenizer, the packed training blocks, the model, and the held-out
     loss (and the knowledge base's cloze accuracy) before training."""
+    begin_stage(preset, STAGE)  # the output folder's lock, before anything is built
     from datasets import Dataset
 
     if preset.base_model is None:
@@ -78,11 +79,11 @@ def finish(run: StageRun, trainer, result) -> Path:
     for key in ("before", "after"):
         metrics[f"heldout_perplexity_{key}"] = perplexity(metrics[f"heldout_loss_{key}"])
     metrics["loss_history"] = loss_history(trainer)
-    run.clean_up()
     with stage_output(preset, STAGE) as out:
         if is_main_process():
             models.save_trained(preset, STAGE, model, tokenizer, run.start_path, out)
             save_metrics(out, metrics, preset, STAGE)
+    run.clean_up()  # the saved stage supersedes its step checkpoints
     return stage_dir(preset.name, STAGE)
 
 
@@ -94,5 +95,5 @@ def run(preset: Preset) -> Path:
     trainer = prepared(Trainer(model=run.model, args=training_arguments(run), train_dataset=run.train_set,
                                data_collator=default_data_collator), preset, STAGE)
     with measuring(run):
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return finish(run, trainer, result)

@@ -14,8 +14,8 @@ from .. import models
 from ..scoring import pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
-from ..training import (StageRun, as_dataset, build_if_stale, data_report, is_main_process, loss_history, measuring, prepared, save_metrics,
-                        seed_stage, stage_data, stage_output, trainer_arguments)
+from ..training import (StageRun, as_dataset, begin_stage, build_if_stale, data_report, is_main_process, loss_history,
+                        measuring, prepared, save_metrics, seed_stage, stage_data, stage_output, trainer_arguments)
 from . import sft
 
 STAGE = "rm"
@@ -47,6 +47,7 @@ def reward_model_to_train(preset: Preset, base_path, pad_token_id: int):
 def prepare(preset: Preset) -> StageRun:
     """Everything before the trainer: the SFT model (built if missing) with a scalar head and a LoRA adapter,
     the training and held-out pairs, and the pairwise accuracy before training."""
+    begin_stage(preset, STAGE)  # the output folder's lock, before anything is built
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
@@ -76,7 +77,6 @@ def finish(run: StageRun, trainer) -> Path:
     metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
                    heldout_pairs=len(run.eval_set), loss_history=loss_history(trainer),
                    chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
-    run.clean_up()
     with stage_output(preset, STAGE) as out:
         if is_main_process() and STAGE in preset.full_parameter_stages:
             model.save_pretrained(out, safe_serialization=True)
@@ -87,6 +87,7 @@ def finish(run: StageRun, trainer) -> Path:
             models.merge_adapter(run.start_path, out / "adapter", out, dtype=preset.torch_dtype, reward=True,
                                  trust_remote_code=preset.trust_remote_code, atomic=False)
             save_metrics(out, metrics, preset, STAGE)
+    run.clean_up()  # the saved stage supersedes its step checkpoints
     return stage_dir(preset.name, STAGE)
 
 
@@ -98,5 +99,5 @@ def run(preset: Preset) -> Path:
     trainer = prepared(RewardTrainer(model=run.model, args=reward_config(run), train_dataset=run.train_set,
                                      processing_class=run.tokenizer), preset, STAGE)
     with measuring(run):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return finish(run, trainer)

@@ -15,8 +15,9 @@ from .. import models
 from ..artifacts import stage_dir
 from ..evaluation import recall_on_questions, training_vocabulary
 from ..presets import Preset
-from ..training import (StageRun, as_dataset, build_if_stale, bundled, data_report, is_main_process, loss_history, measuring, prepared,
-                        save_metrics, seed_stage, stage_data, stage_output, trainer_arguments)
+from ..training import (StageRun, as_dataset, begin_stage, build_if_stale, bundled, data_report, is_main_process,
+                        loss_history, measuring, prepared, save_metrics, seed_stage, stage_data, stage_output,
+                        trainer_arguments)
 from . import pretrain
 
 STAGE = "sft"
@@ -85,6 +86,7 @@ def real_tokens(trainer) -> int:
 def prepare(preset: Preset) -> StageRun:
     """Everything before the trainer: the PT model (built if missing) with its trainable weights, the dialogues,
     and the knowledge measures before training (when the knowledge base's dialogues are among the data)."""
+    begin_stage(preset, STAGE)  # the output folder's lock, before anything is built
     base_path = start_model_path(preset)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     tokenizer = models.load_tokenizer(base_path, preset.trust_remote_code)
@@ -114,11 +116,11 @@ def finish(run: StageRun, trainer, result) -> Path:
         metrics.update(knowledge_before=before, knowledge=after, recall_after=after["heldout"]["recall"],
                        ended_with_eos=after["heldout"]["ended_with_eos"], mean_answer_tokens=after["heldout"]["mean_tokens"],
                        heldout_questions=after["heldout"]["n"])
-    run.clean_up()
     with stage_output(preset, STAGE) as out:
         if is_main_process():
             models.save_trained(preset, STAGE, model, tokenizer, run.start_path, out)
             save_metrics(out, metrics, preset, STAGE)
+    run.clean_up()  # the saved stage supersedes its step checkpoints
     return stage_dir(preset.name, STAGE)
 
 
@@ -131,5 +133,5 @@ def run(preset: Preset) -> Path:
                                   eval_dataset=run.eval_set, processing_class=run.tokenizer), preset, STAGE)
     run.metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     with measuring(run):
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return finish(run, trainer, result)

@@ -17,8 +17,8 @@ from .. import data, models
 from ..artifacts import stage_dir
 from ..evaluation import heldout_loss, tokens_per_char
 from ..presets import Preset
-from ..training import (StageRun, build_if_stale, is_main_process, loss_history, measuring, prepared, save_metrics, seed_stage, stage_data,
-                        stage_output, trainer_arguments)
+from ..training import (StageRun, begin_stage, build_if_stale, is_main_process, loss_history, measuring, prepared,
+                        save_metrics, seed_stage, stage_data, stage_output, trainer_arguments)
 from . import pretrain
 
 STAGE = "vocab"
@@ -65,6 +65,7 @@ def add_terms(model, tokenizer, terms: list[str]) -> list[int]:
 
 def prepare(preset: Preset) -> StageRun:
     """The PT model (built if missing) and its tokenizer, and tokens per character on held-out text before."""
+    begin_stage(preset, STAGE)  # the output folder's lock, before anything is built
     build_if_stale(preset, pretrain)
     seed_stage(preset)  # after any missing earlier stage is built, so runs match
     start = stage_dir(preset.name, pretrain.STAGE)
@@ -119,13 +120,13 @@ def finish(run: StageRun, trainer) -> Path:
     preset, model, tokenizer, metrics = run.preset, run.model, run.tokenizer, run.metrics
     metrics["heldout_loss_after_training"] = heldout_loss(model, tokenizer, run.eval_set["en"] + run.eval_set["zh"], preset.block_size)
     metrics["loss_history"] = loss_history(trainer)
-    run.clean_up()
     with stage_output(preset, STAGE) as out:
         if is_main_process():
             target = out / "adapter" if preset.quantization else out
             model.save_pretrained(target, safe_serialization=True)
             tokenizer.save_pretrained(target)
             save_metrics(out, metrics, preset, STAGE)
+    run.clean_up()  # the saved stage supersedes its step checkpoints
     return stage_dir(preset.name, STAGE)
 
 
@@ -140,5 +141,5 @@ def run(preset: Preset) -> Path:
     trainer = prepared(Trainer(model=run.model, args=training_arguments(run), train_dataset=run.train_set,
                                data_collator=default_data_collator), preset, STAGE)
     with measuring(run, peak=False):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
     return finish(run, trainer)
