@@ -13,7 +13,7 @@ These are **estimates** (no GPU was available to measure them): the sum of
 - for PPO and GRPO, the KV cache of generation and a reward model;
 - 0.8 GiB for the CUDA context and the allocator's slack.
 
-``tests/test_memory.py`` checks the arithmetic; the README's course map shows the results.
+``tests/test_memory.py`` checks the arithmetic; notebooks/RESULTS.md's course map shows the results.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def setup(preset_name: str | None = None, overrides: dict | None = None) -> Pres
 
 def write_colab_parts(notebooks_dir, repo_url: str = REPO_URL) -> list[str]:
     """Rewrite every notebook's badge, setup cell and Colab metadata for ``repo_url`` (a fork); returns the
-    notebooks changed. Outputs stay cleared: only those three parts are touched."""
+    notebooks changed. Only those three parts are touched (run ``--execute`` afterwards to refresh the outputs)."""
     import json
     import re
     from pathlib import Path
@@ -126,12 +126,115 @@ def write_colab_parts(notebooks_dir, repo_url: str = REPO_URL) -> list[str]:
     return changed
 
 
+# ---------------------------------------------------------------- the reader's view: notebooks with their outputs
+RUN_METADATA = "medgpt_run"  # a notebook's metadata key for the run whose outputs it carries
+QUIET_RUN_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # progress bars are widgets GitHub cannot show
+                 "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def sources_digest(book: dict) -> str:
+    """A hash of every cell's source: the committed outputs belong to exactly these cells."""
+    import hashlib
+
+    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in book["cells"]]
+    return hashlib.sha256("\x00".join(sources).encode("utf-8")).hexdigest()[:16]
+
+
+def execute_notebooks(names: list[str] | None = None, preset_name: str = "tiny", output_dir=None,
+                      timeout: int = 1800) -> list[str]:
+    """Run the notebooks in order from empty outputs and write them back with their outputs (figures included),
+    so that a reader on GitHub sees every number of one run. The notebooks of one call share one fresh outputs
+    folder, as a learner's run does; each one's metadata records the preset, the date, the hardware, the package
+    versions and a digest of its cells (``tests/test_notebooks.py`` checks that the outputs belong to the cells)."""
+    import datetime
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    paths = [folder / n for n in names] if names else sorted(folder.glob("*.ipynb"))
+    out = Path(output_dir or tempfile.mkdtemp(prefix="medgpt-reader-run-"))
+    os.environ.update({"MEDGPT_PRESET": preset_name, "MEDGPT_OUTPUT_DIR": str(out), **QUIET_RUN_ENV})
+    os.environ.pop("MEDGPT_DRY_RUN", None)  # the reader's view is the tiny model really trained
+    info = environment()
+    done = []
+    for path in paths:
+        book = nbformat.read(path, as_version=4)
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        start = time.perf_counter()
+        print(f"executing {path.name} ...", flush=True)
+        NotebookClient(book, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+        drop_progress_bars(book)
+        book.metadata[RUN_METADATA] = {
+            "preset": preset_name, "date": datetime.date.today().isoformat(),
+            "hardware": f"{os.cpu_count()}-core CPU, GPU: {info['gpu']}",
+            "versions": {k: v for k, v in info.items() if k not in ("gpu", "cpu_threads", "bf16_supported")},
+            "seconds": round(time.perf_counter() - start), "cells": sources_digest(book),
+            "command": "python -m medgpt_utils.notebook --execute",
+        }
+        nbformat.write(book, path)
+        print(f"  {path.name}: {book.metadata[RUN_METADATA]['seconds']} s", flush=True)
+        done.append(path.name)
+    if not names:  # the whole course ran: its headline numbers go into the README's figure
+        print("pipeline figure:", draw_pipeline_figure(preset_name))
+    return done
+
+
+def drop_progress_bars(book) -> int:
+    """Remove the progress-bar widgets some libraries draw whatever the environment says (GitHub cannot render a
+    widget, and a bar says nothing once the run is over); returns how many outputs went."""
+    widget = "application/vnd.jupyter.widget-view+json"
+    dropped = 0
+    for cell in book["cells"]:
+        if cell["cell_type"] == "code":
+            kept = [o for o in cell["outputs"] if widget not in o.get("data", {})]
+            dropped += len(cell["outputs"]) - len(kept)
+            cell["outputs"] = kept
+    book["metadata"].pop("widgets", None)  # the widgets' saved state, now unused
+    return dropped
+
+
+PIPELINE_FIGURE = "figures/pipeline.png"  # beside the notebooks; README.md and notebook 00 show it
+
+
+def draw_pipeline_figure(preset_name: str = "tiny"):
+    """The pipeline with each stage's headline number from the finished stages under ``$MEDGPT_OUTPUT_DIR``."""
+    import datetime
+    import os
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .plotting import plot_pipeline
+    from .report import stage_headlines
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / PIPELINE_FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = (f"What you will build: the {preset_name} preset's run of {datetime.date.today().isoformat()} "
+             f"({os.cpu_count()}-core CPU)")
+    plot_pipeline(headlines=stage_headlines(preset_name), title=title).savefig(path, dpi=110)
+    return path
+
+
 if __name__ == "__main__":
     import argparse
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(description="Write the Colab badge, setup cell and GPU metadata into every notebook.")
+    parser = argparse.ArgumentParser(description="Write the Colab badge, setup cell and GPU metadata into every notebook "
+                                                 "(--repo), or run the notebooks and commit their outputs (--execute).")
     parser.add_argument("--repo", default=REPO_URL, help="the repository's GitHub address (a fork's)")
+    parser.add_argument("--execute", nargs="*", metavar="NOTEBOOK",
+                        help="run these notebooks (default: all, in order) on the tiny preset from empty outputs and "
+                             "write them back with their outputs")
     args = parser.parse_args()
     folder = Path(__file__).resolve().parents[1] / "notebooks"
-    print("changed:", ", ".join(write_colab_parts(folder, args.repo)) or "nothing")
+    if args.execute is not None:
+        print("executed:", ", ".join(execute_notebooks(args.execute or None)))
+    else:
+        print("changed:", ", ".join(write_colab_parts(folder, args.repo)) or "nothing")

@@ -113,9 +113,10 @@ def _arrow(ax, start, end, gap=(0.0, 0.0)):
                 arrowprops=dict(arrowstyle="-|>", color="black", lw=1, shrinkA=2, shrinkB=2))
 
 
-def plot_pipeline(pipeline=None):
+def plot_pipeline(pipeline=None, headlines: dict[str, str] | None = None, title: str | None = None):
     """The stages as boxes in columns by depth, an arrow from each stage to the stages that start from it
-    (``pipeline.PIPELINE``: the same list the command line and the fingerprints read)."""
+    (``pipeline.PIPELINE``: the same list the command line and the fingerprints read); ``headlines`` adds a line
+    of measurements under a stage's name (``report.stage_headlines``)."""
     import matplotlib.pyplot as plt
 
     from .pipeline import PIPELINE
@@ -128,16 +129,17 @@ def plot_pipeline(pipeline=None):
     for name, d in depth.items():
         columns.setdefault(d, []).append(name)
     position = {name: (d, (len(names) - 1) / 2 - k) for d, names in columns.items() for k, name in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(11, 4.4) if headlines else (9, 3.6))
     for name, stage in stages.items():
         for source in stage.inputs:
             _arrow(ax, position[source], position[name], gap=(0.3, 0.3))
     for name, stage in stages.items():
         color = "#fde2c8" if stage.aligns else "#d8e8f8" if stage.trains else "#e8e8e8"
-        _box(ax, position[name], name.upper() + (" (optional)" if stage.optional else ""), color)
+        label = name.upper() + (" (optional)" if stage.optional else "")
+        _box(ax, position[name], label + (f"\n{headlines[name]}" if headlines and name in headlines else ""), color)
     ax.set_xlim(-0.6, max(columns) + 0.6)
     ax.set_ylim(min(y for _, y in position.values()) - 0.6, max(y for _, y in position.values()) + 0.6)
-    ax.set_title("The pipeline: each stage starts from the models its arrows come from (orange: judged against SFT)")
+    ax.set_title(title or "The pipeline: each stage starts from the models its arrows come from (orange: judged against SFT)")
     ax.axis("off")
     fig.tight_layout()
     return fig

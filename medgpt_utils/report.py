@@ -70,3 +70,32 @@ def write_report(preset: Preset, stages: list[str]) -> Path:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
+
+
+# One line per stage for the pipeline figure (``plotting.plot_pipeline``): the number a learner looks at first.
+_HEADLINES = {
+    "base": lambda m: f"{m['parameters'] / 1e6:.1f}M parameters" if isinstance(m.get("parameters"), int) else None,
+    "pt": lambda m: f"perplexity {m['heldout_perplexity_before']:.0f} → {m['heldout_perplexity_after']:.1f}",
+    "vocab": lambda m: f"+{m['added_tokens']} terms",
+    "sft": lambda m: f"recall {m['recall_before']:.2f} → {m['recall_after']:.2f}",
+    "rm": lambda m: f"pair accuracy {m['accuracy_after']:.2f}",
+    **{method: (lambda m: f"score {m['score_gain']['mean']:+.2f}\nrecall {m['recall_heldout_after']:.2f}")
+       for method in ("ppo", "dpo", "orpo", "grpo")},
+}
+
+
+def stage_headlines(preset_name: str) -> dict[str, str]:
+    """Each finished stage's headline number, from its ``metrics.json`` (stages without one are left out)."""
+    from .artifacts import read_metrics, stage_done
+
+    headlines = {}
+    for stage, headline in _HEADLINES.items():
+        if stage_done(preset_name, stage):
+            try:
+                text = headline(read_metrics(preset_name, stage))
+            except (KeyError, TypeError):  # measured on the bundled data only, or an older metrics file
+                continue
+            if text:
+                headlines[stage] = text
+    return headlines
+

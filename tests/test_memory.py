@@ -1,4 +1,4 @@
-"""The GPU memory estimates (README course map): arithmetic checks, no GPU needed."""
+"""The GPU memory estimates (the course map of notebooks/RESULTS.md): arithmetic checks, no GPU needed."""
 
 import pytest
 

@@ -1,6 +1,7 @@
 """Notebook hygiene (nbmake executes them; this checks how they are committed)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,11 +9,35 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+# A code cell that prints, displays or draws: a reader must see what it showed.
+SHOWS = re.compile(r"\bprint\(|\bdisplay\(|\bplt\.|\bplot_\w*\(|\.show\(")
+REFRESH = "refresh them with `python -m medgpt_utils.notebook --execute {}`"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_committed_with_outputs_cleared(path):
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+def test_committed_with_the_outputs_of_one_tiny_run(path):
+    """The reader's view on GitHub: every notebook carries the outputs of one run on the tiny preset, executed in
+    order from empty outputs by the project's command, for exactly the cells it has now."""
+    from medgpt_utils.notebook import RUN_METADATA, sources_digest
+
+    book = json.loads(path.read_text(encoding="utf-8"))
+    run = book["metadata"].get(RUN_METADATA)
+    assert run, f"{path.name}: no outputs of a run; " + REFRESH.format(path.name)
+    assert run["preset"] == "tiny" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", run["date"]) and run["hardware"]
+    assert run["cells"] == sources_digest(book), f"{path.name}: cells changed since the outputs were made; " + REFRESH.format(path.name)
+    code = [c for c in book["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), f"{path.name}: not run in order from empty"
+    silent = [i for i, c in enumerate(code) if SHOWS.search("".join(c["source"])) and not c["outputs"]]
+    assert not silent, f"{path.name}: code cells {silent} print or plot but carry no output"
+    failed = [i for i, c in enumerate(code) if any(o["output_type"] == "error" for o in c["outputs"])]
+    assert not failed, f"{path.name}: code cells {failed} ended in an error"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_uses_no_private_library_api(path):
+    """Private helpers of TRL and transformers change without notice (``trainer._prepare_inputs``, ``trl.trainer.utils``)."""
+    code = "\n".join(_code(path))
+    assert not re.search(r"trainer\._\w|trl\.trainer\.utils", code), f"{path.name} uses a private API"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -137,7 +162,7 @@ BY_HAND = {"01_continued_pretraining": [["by_hand", "labels=ids).loss"]],
            "04_ppo_rlhf": [["by_hand", "ppo.policy_loss("], ["vf_by_hand", "ppo.value_loss("],
                            ["advantage_by_hand", "ppo.gae("], ["reward_by_hand", "ppo.kl_penalized_rewards("]],
            "05_preference_optimization": [["by_hand", "logsigmoid", "trainer.compute_loss("],
-                                          ["by_hand", "trainer.odds_ratio_loss("], ["by_hand", "nanstd("]]}
+                                          ["by_hand", "trainer.odds_ratio_loss("], ["by_hand", "config.num_generations", "r.std("]]}
 
 
 @pytest.mark.parametrize("stem", sorted(BY_HAND))
@@ -161,11 +186,37 @@ def test_exercises_have_a_level_a_hint_and_a_solution(path):
     for number, item in enumerate(items, 1):
         assert re.match(rf"{number}\. ★{{1,3}} ", item), f"{path.name}: exercise {number} has no level"
         assert "*Hint:*" in item, f"{path.name}: exercise {number} has no hint"
-    solutions = [c for c in cells[start + 1 :] if c["cell_type"] == "code"]
+    end = next(i for i, s in enumerate(sources) if s.startswith(SUMMARY))
+    solutions = [c for c in cells[start + 1 : end] if c["cell_type"] == "code"]
     titles = ["".join(c["source"]).split("\n")[0] for c in solutions]
     assert titles == [f"# @title Solution {n}" for n in range(1, len(items) + 1)], titles
     assert all(c["metadata"].get("jupyter", {}).get("source_hidden") for c in solutions), "solutions start collapsed"
     assert any("Predict before you run" in s for s in _markdown(path)), f"{path.name}: no prediction question"
+
+
+SUMMARY = "## Summary and takeaways / 小结"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ends_with_a_summary_that_answers_the_prediction(path):
+    """The last cells: the takeaways (English and Chinese), a code cell that answers the notebook's "Predict before
+    you run" question with the numbers of the run, and where to go next."""
+    cells = _cells(path)
+    summary, answer, after = cells[-3:]
+    text = "".join(summary["source"])
+    assert summary["cell_type"] == "markdown" and text.startswith(SUMMARY) and _has_chinese(text) and text.count("\n- ") >= 3
+    assert answer["cell_type"] == "code" and "".join(answer["source"]).startswith("# The prediction of section")
+    assert after["cell_type"] == "markdown" and ("**Next:**" in "".join(after["source"]) or path.name.startswith("07"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chinese_teaches_beside_the_english(path):
+    """Chinese is not a summary layer: the markdown's Chinese characters are at least 40% of its English words
+    (objectives, the "why" paragraphs, every exercise and hint)."""
+    markdown = "\n".join(_markdown(path))
+    chinese = len(re.findall(r"[\u4e00-\u9fff]", markdown))
+    english = len(re.findall(r"[A-Za-z]+(?:'[a-z]+)?", markdown))
+    assert chinese >= 0.4 * english, f"{path.name}: {chinese} Chinese characters for {english} English words"
 
 
 def _has_chinese(text: str) -> bool:
@@ -190,7 +241,7 @@ def result_numbers(markdown: str) -> list[str]:
     import re
 
     prose = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|\]\([^)]*\)", " ", markdown, flags=re.S)
-    prose = prose.replace("95% interval", "interval")
+    prose = prose.replace("95% interval", "interval").replace("95% 置信区间", "置信区间")
     return re.findall(r"(?<![\w.])\d+\.\d+|\d+\s?%", prose)
 
 
@@ -208,12 +259,32 @@ def test_markdown_carries_no_hand_written_result_numbers(path):
     assert not found, f"{path.name}: markdown cells with result numbers: {found}"
 
 
-def test_the_readme_quotes_the_committed_seed_study():
-    """The README's seed-study table is the one notebooks 04 and 05 print from notebooks/seed_study.jsonl."""
+def test_the_results_quote_the_committed_seed_study():
+    """The seed-study table of notebooks/RESULTS.md is the one notebooks 04 and 05 print from notebooks/seed_study.jsonl."""
     from medgpt_utils import rl_seeds
 
-    readme = (NOTEBOOKS[0].parent.parent / "README.md").read_text(encoding="utf-8")
+    results = (NOTEBOOKS[0].parent / "RESULTS.md").read_text(encoding="utf-8")
     table = rl_seeds.summary_markdown(rl_seeds.committed_runs()).strip().splitlines()
     assert len(table) == 2 + 4
     for line in table:
-        assert line in readme, f"README.md lacks the seed study's row: {line}"
+        assert line in results, f"notebooks/RESULTS.md lacks the seed study's row: {line}"
+
+
+LEARNER_DOCS = ("README.md", "notebooks/RESULTS.md", "notebooks/GUIDE.md")
+
+
+def test_the_readme_is_a_landing_page_with_the_pipeline_figure():
+    root = NOTEBOOKS[0].parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200, "README.md: at most 200 lines; details go to notebooks/GUIDE.md and RESULTS.md"
+    assert "](notebooks/figures/pipeline.png)" in readme and (root / "notebooks/figures/pipeline.png").is_file()
+    for name in ("notebooks/GUIDE.md", "notebooks/RESULTS.md", "data/README.md"):
+        assert f"]({name}" in readme, f"README.md does not link {name}"
+
+
+@pytest.mark.parametrize("name", LEARNER_DOCS + tuple(f"notebooks/{p.name}" for p in NOTEBOOKS))
+def test_learner_facing_text_names_no_issue_numbers(name):
+    """Project history stays in the experiment log (notebooks/EXPERIMENTS.md), not in what a learner reads."""
+    path = NOTEBOOKS[0].parent.parent / name
+    text = "\n".join(_markdown(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
+    assert not re.findall(r"\b[Ii]ssues? #?\d+", text), f"{name} names issue numbers"
