@@ -1,0 +1,1 @@
+"""MedicalGPT Course: the toolbox the notebooks and the ``medgpt`` command share."""

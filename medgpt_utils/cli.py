@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataFormatError
     from .sources import DataSourceError
 
+    from . import threads
+
+    threads.configure()  # says once how many compute threads this process uses, and why
     try:
         return _main(argv)
     except (DataFormatError, DataSourceError) as err:  # the user's data: one line naming the source, no traceback

@@ -4,10 +4,13 @@ repository address that the cells, the badges and pyproject.toml share."""
 from __future__ import annotations
 
 import platform
+import re
 import time
 from contextlib import contextmanager
 
+from . import threads
 from .presets import Preset, get_preset
+from .threads import usable_cores
 
 # The one place that holds the repository's address: the setup cells, the badges and pyproject.toml's
 # Repository URL are written from it (tests/test_colab.py checks each). A fork sets MEDGPT_REPO_URL in Colab
@@ -66,7 +69,7 @@ def environment() -> dict:
 
     info = {name: md.version(name) for name in PACKAGES}
     info["python"] = platform.python_version()
-    info["cpu_threads"] = torch.get_num_threads()
+    info["cpu_threads"] = f"{torch.get_num_threads()} of {usable_cores()} usable cores"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
@@ -91,8 +94,21 @@ def measured(label: str, preset: Preset):
           f"({record['peak_memory_gib_kind']})")
 
 
+def quiet_library_notices() -> None:
+    """Silence two notices a learner can do nothing about, so the outputs show the course's own messages:
+    peft reads transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning on every LoRA model), and
+    bitsandbytes on AVX-512 CPUs says that an optional kernel from the Hugging Face Hub is not installed."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def setup(preset_name: str | None = None, overrides: dict | None = None) -> Preset:
     """Print versions, hardware and the preset in use; return the preset (its stand-ins under ``$MEDGPT_DRY_RUN``)."""
+    quiet_library_notices()
+    threads.configure(verbose=False)  # the count is in the environment lines below
     for key, value in environment().items():
         print(f"{key:>14}: {value}")
     from .dryrun import from_environment
@@ -185,6 +201,17 @@ def execute_notebooks(names: list[str] | None = None, preset_name: str = "tiny",
     return done
 
 
+TEXT_PROGRESS_BAR = re.compile(r"^\s*(?:[^|\r\n]*:\s*)?\d+%\|[^|]*\|\s*\d+/\d+\s*\[[^\]]*\]\s*$")
+
+
+def is_text_progress_bar(output) -> bool:
+    """A stderr output that holds only tqdm bars drawn as text (lm-eval draws them whatever TQDM_DISABLE says)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    pieces = [p for p in re.split(r"[\r\n]", "".join(output.get("text", ""))) if p.strip()]
+    return all(TEXT_PROGRESS_BAR.match(p) for p in pieces)
+
+
 def drop_progress_bars(book) -> int:
     """Remove the progress-bar widgets some libraries draw whatever the environment says (GitHub cannot render a
     widget, and a bar says nothing once the run is over); returns how many outputs went."""
@@ -192,7 +219,7 @@ def drop_progress_bars(book) -> int:
     dropped = 0
     for cell in book["cells"]:
         if cell["cell_type"] == "code":
-            kept = [o for o in cell["outputs"] if widget not in o.get("data", {})]
+            kept = [o for o in cell["outputs"] if widget not in o.get("data", {}) and not is_text_progress_bar(o)]
             dropped += len(cell["outputs"]) - len(kept)
             cell["outputs"] = kept
     book["metadata"].pop("widgets", None)  # the widgets' saved state, now unused

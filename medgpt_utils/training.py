@@ -39,7 +39,7 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         fp16=preset.fp16,
         use_cpu=preset.device == "cpu",
         optim="adamw_torch",
-        gradient_checkpointing=preset.gradient_checkpointing,
+        activation_checkpointing=preset.gradient_checkpointing,  # transformers 5's name (the old one warns)
         # Step checkpoints (model, optimizer, scheduler, RNG) into the stage's checkpoint folder, the newest kept:
         # a killed run resumes from it (``StageRun.resume_from``). The finished model is still saved once, atomically.
         save_strategy="steps" if preset.checkpoint_steps > 0 else "no",

@@ -155,7 +155,8 @@ def test_trainers_are_built_in_view(stem):
 
 
 # Each objective computed by hand and asserted against the library: what the asserting cell must call.
-BY_HAND = {"01_continued_pretraining": [["by_hand", "labels=ids).loss"]],
+BY_HAND = {"00_setup_and_data": [["by_hand", "library_merges", "learn_merges("]],  # BPE's merge loop, minbpe-style
+           "01_continued_pretraining": [["by_hand", "labels=ids).loss"]],
            "01b_vocabulary_expansion": [["by_hand", "vocab.add_terms("]],
            "02_supervised_finetuning": [["by_hand", "-100", "labels=labels).loss"]],
            "03_reward_modeling": [["by_hand", "logsigmoid", "trainer.compute_loss("]],
@@ -288,3 +289,57 @@ def test_learner_facing_text_names_no_issue_numbers(name):
     path = NOTEBOOKS[0].parent.parent / name
     text = "\n".join(_markdown(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
     assert not re.findall(r"\b[Ii]ssues? #?\d+", text), f"{name} names issue numbers"
+
+
+STAGE_STRIP = "**You are here / 当前位置：** "
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_header_says_where_you_are(path):
+    """Under the title, one strip of every notebook in order: this one marked, the others linked."""
+    header = _markdown(path)[0]
+    strip = next((line for line in header.split("\n") if line.startswith(STAGE_STRIP)), None)
+    assert strip, f"{path.name}: no 'You are here' strip in the header"
+    links = re.findall(r"\]\(([^)]+\.ipynb)\)", strip)
+    assert links == [p.name for p in NOTEBOOKS if p != path], (path.name, links)
+    marked = re.findall(r"\*\*▶ ([0-9b]+) ", strip)
+    assert marked == [path.name.split("_")[0]], (path.name, marked)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_and_hint_is_also_in_chinese(path):
+    """Each exercise's text and hint have a Chinese version beside them (a line starting with 中文：)."""
+    exercises = next(m for m in _markdown(path) if m.startswith("## Exercises"))
+    for number, item in enumerate(re.split(r"\n(?=\d+\. )", exercises)[1:], 1):
+        assert "中文：" in item, f"{path.name}: exercise {number} has no Chinese text"
+
+
+def _solutions() -> dict[str, str]:
+    found = {}
+    for path in NOTEBOOKS:
+        for source in _code(path):
+            if source.startswith("# @title Solution"):
+                found[f"{path.stem}: {source.split(chr(10))[0][9:]}"] = source
+    return found
+
+
+def test_at_least_four_exercises_retrain_and_interpret_their_numbers():
+    """Exercises that retrain (a trainer's .train() in the solution, executed in CI with the notebook), each
+    ending with a comment that reads its numbers ("# Read: ...")."""
+    retraining = {name: s for name, s in _solutions().items() if re.search(r"\.train\(\)", s)}
+    assert len(retraining) >= 4, sorted(retraining)
+    for name, source in retraining.items():
+        assert "# Read:" in source, f"{name}: no sentence interpreting the numbers"
+
+
+def test_text_progress_bars_leave_the_committed_outputs_and_messages_stay():
+    from medgpt_utils.notebook import drop_progress_bars
+
+    bar = {"output_type": "stream", "name": "stderr",
+           "text": ["\rRunning loglikelihood requests:  42%|████▏     | 241/576 [00:00<00:00, 558.60it/s]"]}
+    newline = {"output_type": "stream", "name": "stderr", "text": ["\n"]}
+    message = {"output_type": "stream", "name": "stderr", "text": ["skipped mine.jsonl:2: empty field 'output'\n"]}
+    printed = {"output_type": "stream", "name": "stdout", "text": ["50%|#####| 1/2 [00:01<00:01]\n"]}
+    book = {"metadata": {}, "cells": [{"cell_type": "code", "outputs": [bar, newline, message, printed]}]}
+    assert drop_progress_bars(book) == 2
+    assert book["cells"][0]["outputs"] == [message, printed]

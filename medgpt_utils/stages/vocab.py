@@ -96,15 +96,22 @@ def after_resize(run: StageRun, added: list[tuple[str, int]], new_ids: list[int]
     metrics["tokens_per_char_all_after"] = tokens_per_char(tokenizer, heldout["en"] + heldout["zh"])
     # Heldout loss is per token and the tokens changed, so compare it only after vs. right-after-resize.
     metrics["heldout_loss_after_resize"] = heldout_loss(run.model, tokenizer, heldout["en"] + heldout["zh"], preset.block_size)
-    if preset.quantization:
-        from peft import get_peft_model
-
-        model = models.prepare_for_kbit_training(run.model, preset.gradient_checkpointing)
-        config = models.lora_config_for(preset)
-        config.trainable_token_indices = {"embed_tokens": new_ids}
-        run.model = get_peft_model(model, config)
+    run.model = trainable_after_resize(preset, run.model, new_ids)
     blocks = data.pack_texts([r["text"] for r in run.extras["texts"].train], tokenizer, preset.block_size)
     run.train_set = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def trainable_after_resize(preset: Preset, model, new_ids: list[int]):
+    """The resized model as the stage trains it: every weight on a full-precision preset; on a 4-bit one (GPU
+    presets) a LoRA adapter plus the new embedding rows only (a quantized model cannot train its own weights)."""
+    if not preset.quantization:
+        return model
+    from peft import get_peft_model
+
+    model = models.prepare_for_kbit_training(model, preset.gradient_checkpointing)
+    config = models.lora_config_for(preset)
+    config.trainable_token_indices = {"embed_tokens": new_ids}
+    return get_peft_model(model, config)
 
 
 def training_arguments(run: StageRun):
