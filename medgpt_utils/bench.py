@@ -23,15 +23,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from . import data, models
-from .artifacts import output_root, write_json
-from .presets import Preset, get_preset, override
+from .artifacts import output_root, stage_dir, stage_done, write_json
+from .presets import Preset, get_preset, override, parse_overrides
 from .training import peak_memory, trainer_arguments
 
 SFT_DIALOGUES = 400
@@ -247,11 +251,175 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- The course's SFT against MedicalGPT's own script, same data, model and settings -------------------------------
+# MedicalGPT (github.com/shibing624/MedicalGPT) is run from a checkout the user gives, as its README runs it;
+# nothing of it is copied here. Each side runs in its own process, alternated, so neither warms the other's caches.
+VS_SETTINGS = {"max_length": 384, "batch_size": 4, "epochs": 1}
+
+
+def medicalgpt_command(checkout: Path, model: Path, data_dir: Path, out_dir: Path) -> list[str]:
+    """MedicalGPT's ``training/supervised_finetuning.py`` with full fine-tuning on the CPU in fp32."""
+    return [sys.executable, str(checkout / "training" / "supervised_finetuning.py"),
+            "--model_name_or_path", str(model), "--tokenizer_name_or_path", str(model), "--train_file_dir", str(data_dir),
+            "--template_name", "chatml", "--do_train", "--use_peft", "False", "--torch_dtype", "float32", "--use_cpu", "True",
+            "--model_max_length", str(VS_SETTINGS["max_length"]), "--per_device_train_batch_size", str(VS_SETTINGS["batch_size"]),
+            "--num_train_epochs", str(VS_SETTINGS["epochs"]), "--output_dir", str(out_dir), "--save_strategy", "no",
+            "--report_to", "none", "--logging_steps", "50", "--trust_remote_code", "False", "--device_map", "None",
+            "--validation_split_percentage", "1", "--seed", "42"]
+
+
+def course_sft_samples_per_second(model: Path, data_file: Path, overrides: dict[str, str] | None = None) -> dict:
+    """One epoch of the course's SFT path (its loader, chat template, assistant-only loss, grouped batches) on
+    ``data_file``, full fine-tuning of ``model``; run in its own process by ``vs_medicalgpt``. ``overrides``: preset
+    fields to try a lever with (``{"optim": "adamw_torch_fused"}``); the shared settings stay."""
+    from trl import SFTTrainer
+
+    from .stages.sft import load_datasets, sft_config
+
+    shared = {"data.sft": str(data_file), "data.validation_percent": "1", "max_length": str(VS_SETTINGS["max_length"]),
+              "sft.batch_size": str(VS_SETTINGS["batch_size"]), "sft.epochs": str(VS_SETTINGS["epochs"])}
+    preset = override(get_preset("tiny", verbose=False), {**(overrides or {}), **shared})
+    train, _ = load_datasets(preset)
+    args = sft_config(preset, output_root() / "bench" / "trainer", save_strategy="no", logging_steps=50)
+    trainer = SFTTrainer(model=models.load_causal_lm(model), args=args, train_dataset=train,
+                         processing_class=models.load_tokenizer(model))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"samples": len(train), "seconds": round(seconds, 2), "samples_per_second": round(len(train) / seconds, 2)}
+
+
+def vs_medicalgpt(checkout: Path, data_file: Path, rounds: int = 3, out_dir: Path | None = None, sets: list[str] = ()) -> dict:
+    """Alternate MedicalGPT's script and the course's SFT ``rounds`` times on the same data and tiny PT model."""
+    from .stages import pretrain
+
+    preset = get_preset("tiny", verbose=False)
+    model = stage_dir(preset.name, pretrain.STAGE) if stage_done(preset.name, pretrain.STAGE) else pretrain.run(preset)
+    result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "data": str(data_file), "settings": VS_SETTINGS, "course_overrides": list(sets), "medicalgpt": [], "course": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
+        (data_dir / data_file.name).write_bytes(data_file.read_bytes())
+        for round_ in range(rounds):
+            out = Path(tmp) / f"medicalgpt-{round_}"
+            subprocess.run(medicalgpt_command(checkout, model, data_dir, out), cwd=checkout, check=True,
+                           env={**os.environ, "PYTHONPATH": str(checkout)}, stdout=subprocess.DEVNULL)
+            train = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+            result["medicalgpt"].append({"samples": train.get("train_samples"), "seconds": round(train["train_runtime"], 2),
+                                         "samples_per_second": round(train["train_samples_per_second"], 2)})
+            course = [sys.executable, "-m", "medgpt_utils.bench", "--course-sft", str(data_file), "--model", str(model)]
+            line = subprocess.run(course + [f"--set={pair}" for pair in sets],
+                                  check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            result["course"].append(json.loads(line))
+            print(f"round {round_ + 1}: MedicalGPT {result['medicalgpt'][-1]['samples_per_second']} samples/s, "
+                  f"course {result['course'][-1]['samples_per_second']} samples/s", flush=True)
+    medians = {side: sorted(r["samples_per_second"] for r in result[side])[rounds // 2] for side in ("medicalgpt", "course")}
+    result["median_samples_per_second"] = medians
+    result["speedup_by_medians"] = round(medians["course"] / medians["medicalgpt"], 2)
+    write_json(Path(out_dir or output_root() / "bench") / "vs_medicalgpt.json", result)
+    return result
+
+
+# --- Where a run's time goes: py-spy samples split by stage and activity ------------------------------------------
+#   py-spy record --rate 25 --format raw -o run.txt -- medgpt run --preset tiny
+#   python -m medgpt_utils.bench --split-profile run.txt --rate 25
+# Each sample is a Python stack (root first). Its stage is the deepest medgpt_utils/stages/<name>.py frame ("report"
+# when none: the evaluation of every stage after them); its activity the first of ACTIVITIES any frame matches, in
+# this order, so a forward pass inside generation counts as generation and one inside evaluate() as evaluation.
+ACTIVITIES = (
+    ("generation", (r"^generate \(", r"generation/utils\.py", r"medgpt_utils/generation\.py")),
+    ("evaluation forward", (r"^evaluate \(", r"prediction_step", r"evaluation_loop", r"medgpt_utils/(evaluation|scoring|judging)\.py")),
+    ("backward", (r"^backward \(torch", r"_engine_run_backward")),
+    ("optimizer", (r"torch/optim/", r"optimizer_step", r"clip_grad_norm")),
+    ("forward", (r"compute_loss", r"training_step", r"forward \(transformers/models")),
+    ("data", (r"dataloader\.py", r"datasets/", r"apply_chat_template", r"tokenization", r"medgpt_utils/(data|sources)\.py", r"collat")),
+    ("load/save", (r"from_pretrained", r"save_pretrained", r"safetensors", r"_save_checkpoint", r"save_trained")),
+    ("import", (r"importlib",)),  # not "<module>": every stack starts in the script's own module frame
+)
+
+
+def _activity(frames: list[str]) -> str:
+    import re
+
+    for name, patterns in ACTIVITIES:
+        if any(re.search(p, f) for p in patterns for f in frames):
+            return name
+    return "other"
+
+
+def _stage(frames: list[str]) -> str:
+    import re
+
+    stage = "report"
+    for frame in frames:
+        match = re.search(r"medgpt_utils/stages/(\w+)\.py", frame)
+        if match and match.group(1) != "__init__":
+            stage = match.group(1)
+    return stage
+
+
+def split_profile(raw_file: Path, rate: float) -> dict[str, dict[str, float]]:
+    """Seconds per stage and activity from py-spy's raw (collapsed) output sampled at ``rate`` per second.
+    Lines that are not ``frame;frame;... count`` (py-spy writes a stray one now and then) are counted under
+    ``table["unparsed"]["lines"]``, not dropped silently."""
+    table: dict[str, dict[str, float]] = {}
+    for line in raw_file.read_text(encoding="utf-8").split("\n"):
+        stack, _, count = line.rpartition(" ")
+        if not line.strip():
+            continue
+        if not stack.strip() or not count.isdigit():
+            unparsed = table.setdefault("unparsed", {"lines": 0})
+            unparsed["lines"] += 1
+            continue
+        frames = stack.split(";")
+        row = table.setdefault(_stage(frames), {})
+        activity = _activity(frames)
+        row[activity] = row.get(activity, 0.0) + int(count) / rate
+    if len(table) == (1 if "unparsed" in table else 0):
+        raise ValueError(f"{raw_file}: no line of py-spy raw output ('frame;frame;... count'); record with --format raw")
+    return table
+
+
+def profile_markdown(table: dict[str, dict[str, float]]) -> str:
+    columns = [name for name, _ in ACTIVITIES] + ["other"]
+    lines = ["| stage | seconds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    unparsed = table.get("unparsed", {}).get("lines", 0)
+    table = {stage: row for stage, row in table.items() if stage != "unparsed"}
+    for stage, row in sorted(table.items(), key=lambda item: -sum(item[1].values())):
+        lines.append(f"| {stage} | {sum(row.values()):.0f} | " + " | ".join(f"{row.get(c, 0):.0f}" for c in columns) + " |")
+    total = sum(sum(row.values()) for row in table.values())
+    return "\n".join(lines) + f"\n\nSampled: {total:.0f} s; lines not in py-spy's raw format, skipped: {unparsed}.\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medgpt_utils.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps for PT (RM and DPO run half)")
+    parser.add_argument("--vs-medicalgpt", type=Path, metavar="CHECKOUT",
+                        help="a MedicalGPT checkout: alternate its training/supervised_finetuning.py and the course's SFT "
+                             "on --data, three rounds each (writes outputs/bench/vs_medicalgpt.json)")
+    parser.add_argument("--data", type=Path, help="with --vs-medicalgpt: the dialogues (default: the checkout's "
+                                                   "data/sft/medical_sft_1K_format.jsonl)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="with --vs-medicalgpt: a preset field for the course's side (a lever to compare), repeatable")
+    parser.add_argument("--split-profile", type=Path, metavar="RAW", help="py-spy raw output: seconds per stage and activity")
+    parser.add_argument("--rate", type=float, default=100, help="with --split-profile: py-spy's --rate (samples per second)")
+    parser.add_argument("--course-sft", type=Path, help=argparse.SUPPRESS)  # one course round, in its own process
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.split_profile:
+        print(profile_markdown(split_profile(args.split_profile, args.rate)))
+        return 0
+    if args.course_sft:
+        print(json.dumps(course_sft_samples_per_second(args.model, args.course_sft, parse_overrides(args.set))))
+        return 0
+    if args.vs_medicalgpt:
+        data_file = args.data or args.vs_medicalgpt / "data" / "sft" / "medical_sft_1K_format.jsonl"
+        result = vs_medicalgpt(args.vs_medicalgpt, data_file, sets=args.set)
+        print(f"median samples/s: MedicalGPT {result['median_samples_per_second']['medicalgpt']}, "
+              f"course {result['median_samples_per_second']['course']}: {result['speedup_by_medians']}x")
+        return 0
     result = run(args.steps)
     print(markdown(result))
     return 0

@@ -21,7 +21,7 @@ class StageInfo:
 
 # Preset fields every training stage reads: how weights are held and trained, which data, which seed.
 TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                   "full_parameter_stages", "gradient_checkpointing", "conditions", "seed", "trust_remote_code")
+                   "full_parameter_stages", "gradient_checkpointing", "optim", "conditions", "seed", "trust_remote_code")
 # What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
 _JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance",
            "rl.urgent_care_reward", "rl.wrong_condition_penalty", "rl.key_fact_reward", "max_new_tokens")

@@ -38,7 +38,7 @@ def trainer_arguments(config_class, preset: Preset, knobs: TrainKnobs, output_di
         bf16=preset.bf16,
         fp16=preset.fp16,
         use_cpu=preset.device == "cpu",
-        optim="adamw_torch",
+        optim=preset.optim,
         activation_checkpointing=preset.gradient_checkpointing,  # transformers 5's name (the old one warns)
         # Step checkpoints (model, optimizer, scheduler, RNG) into the stage's checkpoint folder, the newest kept:
         # a killed run resumes from it (``StageRun.resume_from``). The finished model is still saved once, atomically.

@@ -63,3 +63,19 @@ def test_training_one_more_stage_in_full_leaves_the_stages_before_it_current():
     differ = [s for s in ("base", "pt", "sft", "rm", "ppo")
               if fingerprints.stage_fingerprint(lora_rm, s) != fingerprints.stage_fingerprint(full_rm, s)]
     assert differ == ["rm", "ppo"]
+
+
+def test_the_optimizer_reaches_every_trainer_and_rebuilds_the_trained_stages():
+    from trl import RewardConfig, SFTConfig
+
+    from medgpt_utils.training import trainer_arguments
+
+    preset = get_preset("tiny", verbose=False)
+    fused = override(preset, {"optim": "adamw_torch_fused"})
+    for cls, knobs in ((SFTConfig, fused.sft), (RewardConfig, fused.rm)):
+        assert trainer_arguments(cls, fused, knobs, "/tmp/unused").optim == "adamw_torch_fused"
+    assert trainer_arguments(SFTConfig, preset, preset.sft, "/tmp/unused").optim == "adamw_torch"
+    # a fused AdamW is not bit-identical to the default (notebooks/EXPERIMENTS.md): every trained stage is stale
+    assert fingerprints.stage_fingerprint(preset, "base") == fingerprints.stage_fingerprint(fused, "base")
+    assert all(fingerprints.stage_fingerprint(preset, s) != fingerprints.stage_fingerprint(fused, s)
+               for s in ("pt", "sft", "rm", "dpo", "grpo"))
