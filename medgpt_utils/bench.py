@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -296,7 +297,8 @@ def vs_medicalgpt(checkout: Path, data_file: Path, rounds: int = 3, out_dir: Pat
     preset = get_preset("tiny", verbose=False)
     model = stage_dir(preset.name, pretrain.STAGE) if stage_done(preset.name, pretrain.STAGE) else pretrain.run(preset)
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "data": str(data_file), "settings": VS_SETTINGS, "course_overrides": list(sets), "medicalgpt": [], "course": []}
+              "torch": torch.__version__, "data": str(data_file), "settings": VS_SETTINGS, "course_overrides": list(sets),
+              "medicalgpt": [], "course": []}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -340,8 +342,6 @@ ACTIVITIES = (
 
 
 def _activity(frames: list[str]) -> str:
-    import re
-
     for name, patterns in ACTIVITIES:
         if any(re.search(p, f) for p in patterns for f in frames):
             return name
@@ -349,8 +349,6 @@ def _activity(frames: list[str]) -> str:
 
 
 def _stage(frames: list[str]) -> str:
-    import re
-
     stage = "report"
     for frame in frames:
         match = re.search(r"medgpt_utils/stages/(\w+)\.py", frame)
