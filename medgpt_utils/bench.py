@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from . import data, models
-from .artifacts import output_root, stage_dir, stage_done, write_json
+from .artifacts import output_root, write_json
 from .presets import Preset, get_preset, override, parse_overrides
 from .training import peak_memory, trainer_arguments
 
@@ -292,10 +292,9 @@ def course_sft_samples_per_second(model: Path, data_file: Path, overrides: dict[
 
 def vs_medicalgpt(checkout: Path, data_file: Path, rounds: int = 3, out_dir: Path | None = None, sets: list[str] = ()) -> dict:
     """Alternate MedicalGPT's script and the course's SFT ``rounds`` times on the same data and tiny PT model."""
-    from .stages import pretrain
+    from .stages.sft import start_model_path
 
-    preset = get_preset("tiny", verbose=False)
-    model = stage_dir(preset.name, pretrain.STAGE) if stage_done(preset.name, pretrain.STAGE) else pretrain.run(preset)
+    model = start_model_path(get_preset("tiny", verbose=False))  # the PT model SFT starts from, built if missing or stale
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "data": str(data_file), "settings": VS_SETTINGS, "course_overrides": list(sets),
               "medicalgpt": [], "course": []}
