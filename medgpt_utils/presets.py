@@ -358,10 +358,10 @@ PRESETS: dict[str, Preset] = {
 
 
 # Training seconds of each stage as last measured, per preset: what a notebook says before it builds a missing
-# earlier stage. Tiny: `medgpt run --preset tiny` in a clean clone, 2-core x86_64 CPU, 2026-11-25 (train_seconds
+# earlier stage. Tiny: `medgpt run --preset tiny` from empty outputs, 2-core x86_64 CPU, 2026-12-06 (train_seconds
 # of each metrics.json). GPU presets: not measured yet (no GPU was available to this project so far).
 MEASURED_TRAIN_SECONDS = {
-    "tiny": {"base": 0, "pt": 142, "sft": 171, "rm": 63, "ppo": 55, "dpo": 41, "orpo": 6, "grpo": 69},
+    "tiny": {"base": 0, "pt": 141, "sft": 189, "rm": 89, "ppo": 80, "dpo": 24, "orpo": 7, "grpo": 67},
 }
 
 

@@ -4,7 +4,7 @@ import torch
 
 from medgpt_utils import data, models, scoring
 from medgpt_utils.evaluation import key_fact_recall, tokens_per_char
-from medgpt_utils.generation import answer, generate
+from medgpt_utils.generation import answer, chat_prompt_texts, generate
 from medgpt_utils.presets import PRESETS
 from medgpt_utils.sources import BUNDLED
 from medgpt_utils.stages import pretrain, sft, vocab
@@ -56,6 +56,22 @@ def test_batched_generation_matches_one_at_a_time(tiny_base):
     assert [a.text for a in together] == [a.text for a in alone]
     assert all(a.n_tokens <= 8 for a in together)
     assert tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_greedy_answers_do_not_depend_on_the_batch_size(tiny_base):
+    """``GREEDY_BATCH_SIZE`` is a speed setting only: held-out questions of many lengths, answered in batches of 4
+    (little padding) and all at once (much more), give the same tokens."""
+    tokenizer = models.load_tokenizer(tiny_base)
+    model = models.load_causal_lm(tiny_base)
+    rows = sft.heldout_questions(PRESETS["tiny"])
+    prompts = [rows[i]["prompt"] for i in range(0, len(rows), len(rows) // 24)][:24]
+    for k in range(0, 24, 3):  # every third a follow-up question after an earlier exchange: much longer prompts
+        prompts[k] = prompts[k + 1] + [{"role": "assistant", "content": "Rest and drink fluids."}] + prompts[k]
+    lengths = {len(ids) for ids in tokenizer(chat_prompt_texts(tokenizer, prompts), add_special_tokens=False)["input_ids"]}
+    assert max(lengths) - min(lengths) >= 10, lengths  # the large batch really pads
+    small = answer(model, tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    large = answer(model, tokenizer, prompts, max_new_tokens=12, batch_size=len(prompts))
+    assert [(a.text, a.n_tokens) for a in small] == [(a.text, a.n_tokens) for a in large]
 
 
 def test_generation_stops_at_eos(tiny_base):
