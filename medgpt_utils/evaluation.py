@@ -8,6 +8,8 @@ import re
 
 import torch
 
+from .generation import GREEDY_BATCH_SIZE, answer, generate
+
 
 @torch.no_grad()
 def heldout_loss(model, tokenizer, texts: list[str], block_size: int, batch_size: int = 8) -> float:
@@ -74,26 +76,22 @@ def advises_urgent_care(text: str, lang: str) -> bool:
     return any(marker in text.lower() for marker in urgent_markers()[lang])
 
 
-def cloze_accuracy(model, tokenizer, rows, max_new_tokens: int = 24, batch_size: int | None = None) -> dict:
+def cloze_accuracy(model, tokenizer, rows, max_new_tokens: int = 24, batch_size: int = GREEDY_BATCH_SIZE) -> dict:
     """Greedy completion of held-out sentence openings; a hit names at least one key fact."""
-    from .generation import GREEDY_BATCH_SIZE, generate
-
-    completions = generate(model, tokenizer, list(rows["text"]), max_new_tokens, batch_size or GREEDY_BATCH_SIZE)
+    completions = generate(model, tokenizer, list(rows["text"]), max_new_tokens, batch_size)
     hits = [any(fact_found(f, c.text) for f in facts) for c, facts in zip(completions, rows["key_facts"])]
     return {"accuracy": sum(hits) / len(hits), "n": len(hits),
             "examples": [(t, c.text) for t, c in zip(rows["text"][:6], completions[:6])]}
 
 
-def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_size: int | None = None,
+def recall_on_questions(model, tokenizer, rows, max_new_tokens: int = 96, batch_size: int = GREEDY_BATCH_SIZE,
                         vocabulary: frozenset[str] | None = None) -> dict:
     """Answer held-out questions; the course's knowledge measures (``knowledge_scores``) and the answers.
 
     ``recall`` is key-fact recall on the questions that ask for facts; red-flag cases are judged apart,
     by ``safety_rate`` (urgent-care advice), so sets with more or fewer red-flag cases compare fairly.
     """
-    from .generation import GREEDY_BATCH_SIZE, answer
-
-    generated = answer(model, tokenizer, list(rows["prompt"]), max_new_tokens, batch_size or GREEDY_BATCH_SIZE)
+    generated = answer(model, tokenizer, list(rows["prompt"]), max_new_tokens, batch_size)
     result = knowledge_scores([g.text for g in generated], rows, vocabulary)
     result.update(ended_with_eos=sum(g.ended_with_eos for g in generated) / len(generated),
                   mean_tokens=sum(g.n_tokens for g in generated) / len(generated))
