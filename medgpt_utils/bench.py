@@ -133,7 +133,9 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
         trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
         real = _real_tokens(train)
     else:
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from .answer_loss import AnswerLossSFTTrainer
 
         settings = dict(max_length=preset.max_length, assistant_only_loss=True)
         if variant == "trl_grouped":
@@ -143,7 +145,7 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
         else:
             raise ValueError(f"unknown SFT variant {variant!r}")
         args = trainer_arguments(SFTConfig, preset, knobs, workdir, **one_epoch, **settings)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dialogues, processing_class=tokenizer)
+        trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=dialogues, processing_class=tokenizer)
         real = _real_tokens(trainer.train_dataset)
     seconds, memory = _timed_train(trainer, preset)
     return _row(f"sft ({variant}, batch {batch_size})", seconds, real, len(dialogues), model, True, matmul_rate, memory,
@@ -273,8 +275,7 @@ def course_sft_samples_per_second(model: Path, data_file: Path, overrides: dict[
     """One epoch of the course's SFT path (its loader, chat template, assistant-only loss, grouped batches) on
     ``data_file``, full fine-tuning of ``model``; run in its own process by ``vs_medicalgpt``. ``overrides``: preset
     fields to try a lever with (``{"optim": "adamw_torch_fused"}``); the shared settings stay."""
-    from trl import SFTTrainer
-
+    from .answer_loss import AnswerLossSFTTrainer
     from .stages.sft import load_datasets, sft_config
 
     shared = {"data.sft": str(data_file), "data.validation_percent": "1", "max_length": str(VS_SETTINGS["max_length"]),
@@ -282,8 +283,8 @@ def course_sft_samples_per_second(model: Path, data_file: Path, overrides: dict[
     preset = override(get_preset("tiny", verbose=False), {**(overrides or {}), **shared})
     train, _ = load_datasets(preset)
     args = sft_config(preset, output_root() / "bench" / "trainer", save_strategy="no", logging_steps=50)
-    trainer = SFTTrainer(model=models.load_causal_lm(model), args=args, train_dataset=train,
-                         processing_class=models.load_tokenizer(model))
+    trainer = AnswerLossSFTTrainer(model=models.load_causal_lm(model), args=args, train_dataset=train,
+                                   processing_class=models.load_tokenizer(model))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -361,7 +361,7 @@ PRESETS: dict[str, Preset] = {
 # earlier stage. Tiny: `medgpt run --preset tiny` from empty outputs, 2-core x86_64 CPU, 2026-12-06 (train_seconds
 # of each metrics.json). GPU presets: not measured yet (no GPU was available to this project so far).
 MEASURED_TRAIN_SECONDS = {
-    "tiny": {"base": 0, "pt": 141, "sft": 189, "rm": 89, "ppo": 80, "dpo": 24, "orpo": 7, "grpo": 67},
+    "tiny": {"base": 0, "pt": 146, "sft": 157, "rm": 95, "ppo": 84, "dpo": 22, "orpo": 7, "grpo": 66},
 }
 
 

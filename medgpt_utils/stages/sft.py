@@ -126,10 +126,10 @@ def finish(run: StageRun, trainer, result) -> Path:
 
 def run(preset: Preset) -> Path:
     """The whole stage, as ``medgpt sft`` runs it (notebook 02 takes the same steps one cell at a time)."""
-    from trl import SFTTrainer
+    from ..answer_loss import AnswerLossSFTTrainer
 
     run = prepare(preset)
-    trainer = prepared(SFTTrainer(model=run.model, args=sft_config(preset, run.workdir), train_dataset=run.train_set,
+    trainer = prepared(AnswerLossSFTTrainer(model=run.model, args=sft_config(preset, run.workdir), train_dataset=run.train_set,
                                   eval_dataset=run.eval_set, processing_class=run.tokenizer), preset, STAGE)
     run.metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     with measuring(run):
