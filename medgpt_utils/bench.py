@@ -7,8 +7,9 @@ SFT runs three ways on the same dialogues, so batching strategies compare in one
 
 - ``hf_padded``: a plain Hugging Face ``Trainer``, dialogues in random order padded per batch
   (what a script-based pipeline does);
-- ``trl_grouped``: the course's ``SFTTrainer`` setting, batches of similar length (little padding);
-- ``trl_padding_free``: ``SFTTrainer`` with packing ("bfd") and padding-free batches.
+- ``trl_grouped``: the course's SFT trainer (``answer_loss.AnswerLossSFTTrainer``, TRL's ``SFTTrainer``) and
+  setting, batches of similar length (little padding);
+- ``trl_padding_free``: the same trainer with packing ("bfd") and padding-free batches.
 
 Every stage starts from the tiny base model: throughput does not depend on what the weights know,
 so the benchmark needs no trained stage and runs in a few minutes. The FLOP count is the usual

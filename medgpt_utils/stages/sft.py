@@ -129,8 +129,9 @@ def run(preset: Preset) -> Path:
     from ..answer_loss import AnswerLossSFTTrainer
 
     run = prepare(preset)
-    trainer = prepared(AnswerLossSFTTrainer(model=run.model, args=sft_config(preset, run.workdir), train_dataset=run.train_set,
-                                  eval_dataset=run.eval_set, processing_class=run.tokenizer), preset, STAGE)
+    trainer = AnswerLossSFTTrainer(model=run.model, args=sft_config(preset, run.workdir), train_dataset=run.train_set,
+                                   eval_dataset=run.eval_set, processing_class=run.tokenizer)
+    trainer = prepared(trainer, preset, STAGE)
     run.metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     with measuring(run):
         result = trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
