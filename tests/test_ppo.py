@@ -175,8 +175,7 @@ def test_ppo_raises_a_synthetic_reward_within_a_bounded_number_of_steps(tiny_bas
     # rose from step 20 on (0.09 at the start). Measured 2026-12-06 with two threads, policy seeds 0 / 1 / 2: best
     # 3-step mean over steps 21-30 0.78 / 0.73 / 0.60. With one thread seed 0 reached only 0.22 there (it rose by
     # step 39; seeds 1 and 2: 0.66, 0.75): the thread count is pinned, so the test asks the same question under any
-    # OMP_NUM_THREADS.
-    # About 16 s here.
+    # OMP_NUM_THREADS. About 18 s in CI.
     with compute_threads(2):
         model, tokenizer = _policy(tiny_base, targets=WITH_HEAD)
         config = ppo.PPOConfig(prompts_per_step=16, minibatch_size=8, ppo_epochs=2, learning_rate=1e-2,
