@@ -99,20 +99,6 @@ def _sft_dialogues(preset: Preset):
     return train.shuffle(seed=0).select(range(SFT_DIALOGUES))
 
 
-def _assistant_labels(tokenizer, dialogues):
-    """Token ids and labels (-100 outside the assistant's turns), as TRL's assistant-only loss makes them."""
-    from .models import training_chat_template
-
-    rows, template = {"input_ids": [], "labels": []}, training_chat_template(tokenizer)
-    for messages in dialogues["messages"]:
-        out = tokenizer.apply_chat_template(messages, chat_template=template, return_dict=True, return_assistant_tokens_mask=True,
-                                            tokenize=True)
-        ids, mask = out["input_ids"], out["assistant_masks"]
-        rows["input_ids"].append(ids)
-        rows["labels"].append([t if m else -100 for t, m in zip(ids, mask)])
-    return rows
-
-
 def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float, batch_size: int | None = None) -> dict:
     """One epoch over the same 400 dialogues, full-parameter as on the tiny preset."""
     from datasets import Dataset
@@ -128,7 +114,7 @@ def bench_sft(preset: Preset, base_path: Path, variant: str, matmul_rate: float,
     if variant == "hf_padded":
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-        train = Dataset.from_dict(_assistant_labels(tokenizer, dialogues))
+        train = Dataset.from_dict(models.assistant_labels(tokenizer, dialogues["messages"]))
         args = trainer_arguments(TrainingArguments, preset, knobs, workdir, **one_epoch)
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
@@ -191,13 +177,13 @@ def bench_dpo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -
 def bench_ppo(preset: Preset, base_path: Path, steps: int, matmul_rate: float) -> dict:
     from . import ppo
     from .generation import chat_prompt_texts
-    from .stages.ppo import ppo_config
+    from .stages.ppo import ppo_config, sft_batches
 
     tokenizer = models.load_tokenizer(base_path)
     policy = models.load_lora_model(preset, base_path)
     prompts = chat_prompt_texts(tokenizer, data.load_bundled("prompts/train.jsonl", conditions=preset.conditions)["prompt"])
     reward = lambda texts, batch, answers: torch.tensor([float(len(a)) / 100 for a in answers])  # noqa: E731
-    loop = ppo.PPOLoop(policy, tokenizer, reward, ppo_config(preset))
+    loop = ppo.PPOLoop(policy, tokenizer, reward, ppo_config(preset), sft_batches(preset, tokenizer))
     record, history = {}, []
     with peak_memory(record, preset):
         start = time.perf_counter()

@@ -49,6 +49,19 @@ def training_chat_template(tokenizer) -> str:
     return tokenizer.chat_template if template is None else template
 
 
+def assistant_labels(tokenizer, dialogues: Iterable[list[dict]], max_length: int | None = None) -> dict[str, list[list[int]]]:
+    """Token ids and labels (-100 outside the assistant's turns) of chat ``dialogues``, as TRL's assistant-only loss
+    makes them (``training_chat_template``); each cut to ``max_length`` tokens when given."""
+    rows, template = {"input_ids": [], "labels": []}, training_chat_template(tokenizer)
+    for messages in dialogues:
+        out = tokenizer.apply_chat_template(messages, chat_template=template, return_dict=True, return_assistant_tokens_mask=True,
+                                            tokenize=True)
+        ids, mask = out["input_ids"][:max_length], out["assistant_masks"][:max_length]
+        rows["input_ids"].append(ids)
+        rows["labels"].append([t if m else -100 for t, m in zip(ids, mask)])
+    return rows
+
+
 # ---------------------------------------------------------------- the tiny preset's own model
 CJK_CHARACTER = r"[\u3400-\u9fff]"
 

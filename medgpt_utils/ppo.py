@@ -11,6 +11,8 @@ The pieces, in the order one PPO step uses them:
 7. ``policy_loss`` / ``value_loss``  clipped surrogate and clipped value loss
 8. ``PPOLoop.step``       ``rollout``, then ``experience`` (steps 3-6), then ``learn``: several epochs over
                           minibatches of the rollout; then the next rollout
+9. ``PPOLoop.ptx_loss``   optional (``ptx_coef`` > 0, PPO-ptx): the SFT loss on a batch of SFT dialogues,
+                          added to each minibatch's loss
 
 Model layout: the policy is the SFT model with a trainable LoRA adapter; the reference policy is
 the same weights with the adapter switched off (``with model.disable_adapter()``), so there is no
@@ -67,6 +69,9 @@ class PPOConfig:
     whiten_advantages: bool = True  # rescale each batch's advantages to unit variance (False: keep the scores' scale)
     samples_per_prompt: int = 1  # answers per prompt in a rollout (>1: each score minus its siblings' mean)
     value_warmup_steps: int = 0  # first steps train only the value head: advantages start from a fitted baseline
+    # PPO-ptx (Ouyang et al. 2022, eq. 2): gamma times the SFT loss on a batch of SFT dialogues beside each
+    # minibatch's PPO loss, so climbing the reward model does not unlearn what SFT taught (0: plain PPO)
+    ptx_coef: float = 0.0
     seed: int = 42
 
 
@@ -155,6 +160,17 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, -response_len - 1 : -1]).float()
     return logprobs, values, entropy
+
+
+def padded_batch(rows: dict[str, list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``labels`` of different lengths (``models.assistant_labels``) as one right-padded batch:
+    padding gets the pad token, label -100 and attention 0. The SFT batches of PPO-ptx."""
+    width = max(len(ids) for ids in rows["input_ids"])
+
+    def padded(sequences, value):
+        return torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
+    return {"input_ids": padded(rows["input_ids"], pad_token_id), "labels": padded(rows["labels"], -100),
+            "attention_mask": padded([[1] * len(ids) for ids in rows["input_ids"]], 0)}
 
 
 # ---------------------------------------------------------------- rewards and advantages
@@ -404,7 +420,9 @@ class PPOLoop:
 
     ``model`` must be a PEFT model: its adapter is the policy and ``disable_adapter`` gives
     the reference policy. ``reward_fn`` scores answers (the reward model in the course,
-    anything in tests).
+    anything in tests). ``sft_batch(n)`` gives the n-th batch of SFT dialogues (``input_ids``,
+    ``attention_mask``, ``labels`` with -100 outside the answers) for ``ptx_coef`` > 0; numbered, so
+    a resumed run draws the same batches.
     """
 
     CHECKPOINT_STATE = "ppo_state.json"
@@ -412,8 +430,12 @@ class PPOLoop:
     OPTIMIZER_FILE = "optimizer.pt"
     RNG_FILE = "rng.safetensors"
 
-    def __init__(self, model, tokenizer, reward_fn: RewardFn, config: PPOConfig):
+    def __init__(self, model, tokenizer, reward_fn: RewardFn, config: PPOConfig,
+                 sft_batch: Callable[[int], dict] | None = None):
+        if config.ptx_coef > 0 and sft_batch is None:
+            raise ValueError(f"ptx_coef={config.ptx_coef} needs SFT dialogues to learn from: pass sft_batch")
         self.model, self.tokenizer, self.reward_fn, self.config = model, tokenizer, reward_fn, config
+        self.sft_batch = sft_batch
         device = next(model.parameters()).device
         self.value_head = ValueHead(model.config.hidden_size).to(device)
         self.kl_controller = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
@@ -544,7 +566,7 @@ class PPOLoop:
         count = 0
         generator = torch.Generator().manual_seed(cfg.seed + self.step_count)
         epochs_run, epoch_kl = 0, 0.0
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             if cfg.target_approx_kl is not None and epochs_run and epoch_kl > cfg.target_approx_kl:
                 break  # the last epoch moved the policy far from the one that sampled: fresh samples are needed
             epochs_run, epoch_kl = epochs_run + 1, 0.0
@@ -561,6 +583,10 @@ class PPOLoop:
                 # those of the token mean over all processes' minibatches (1 in one process).
                 share = mask.sum() / all_sum(mask.sum()) if world()[1] > 1 else 1.0
                 loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) * share / cfg.gradient_accumulation_steps
+                ptx_loss = None
+                if cfg.ptx_coef > 0 and not warming_up:  # each process its own SFT batch: their mean over processes
+                    ptx_loss = self.ptx_loss((self.step_count * cfg.ppo_epochs + epoch) * len(minibatches) + index)
+                    loss = loss + cfg.ptx_coef * ptx_loss / world()[1] / cfg.gradient_accumulation_steps
                 if not torch.isfinite(loss):  # stop rather than train on NaN (an fp16 overflow, a broken reward)
                     raise FloatingPointError(f"PPO: the loss became {loss.item()} at step {self.step_count + 1} "
                                              f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped. {OVERFLOW_ADVICE}")
@@ -575,6 +601,8 @@ class PPOLoop:
                     self.optimizer.zero_grad(set_to_none=True)
                 stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                          "entropy": masked_mean(entropy, mask).item(), **pg_stats, **vf_stats}
+                if ptx_loss is not None:
+                    stats["ptx_loss"] = ptx_loss.item()
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
@@ -582,6 +610,14 @@ class PPOLoop:
             if world()[1] > 1:  # every process decides the same about the next epoch
                 epoch_kl = global_mean(torch.tensor([epoch_kl])).item()
         return {**{key: value / count for key, value in sums.items()}, "ppo_epochs_run": epochs_run}
+
+    def ptx_loss(self, draw: int) -> torch.Tensor:
+        """The SFT loss (mean negative log-likelihood of the answer tokens) of the ``draw``-th SFT batch."""
+        from .answer_loss import answer_positions_loss
+
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.sft_batch(draw).items()}
+        return answer_positions_loss(self.model, inputs)[0]
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | Path, made_with: str | None = None, extra: dict | None = None) -> Path:

@@ -81,6 +81,10 @@ class RLKnobs:
     samples_per_prompt: int = knob(1, "answers per prompt in a PPO rollout (ppo.batch_size answers in all); >1: each score minus its siblings' mean")
     whiten_advantages: bool = knob(True, "rescale each PPO batch's advantages to unit variance (False: keep the normalised scores' scale)")
     value_warmup_steps: int = knob(0, "first PPO steps train only the value head (a fitted baseline before the policy moves)")
+    # Off by default: measured on the tiny preset's study models (two pairs x three RL seeds, notebooks/EXPERIMENTS.md):
+    # gamma 1 halved PPO's KL and raised its mean gain but won no run; gamma 10 held the policy at SFT (KL 0.4, no gain).
+    ptx_coef: float = knob(0.0, "PPO-ptx (Ouyang et al. 2022): weight of the SFT loss on a batch of data.sft dialogues "
+                                "(rl.minibatch_size of them) added to each PPO minibatch's loss (0: plain PPO)")
     max_grad_norm: float = knob(1.0, "gradient-norm clip of each PPO optimizer step")
     save_every: int = knob(10, "PPO steps between two resumable checkpoints")
     seed: int | None = knob(None, "seed of the alignment stages (LoRA init, sampling, data order); None: the preset's seed. "

@@ -3,18 +3,20 @@
 from medgpt_utils import bench, models
 
 
-def test_padded_baseline_trains_on_the_assistant_tokens_only(tiny_base):
+def test_assistant_labels_keep_the_assistant_tokens_only(tiny_base):
     tokenizer = models.load_tokenizer(tiny_base)
-    dialogues = {"messages": [[{"role": "user", "content": "What is gout?"},
-                               {"role": "assistant", "content": "A form of arthritis."},
-                               {"role": "user", "content": "And the cause?"},
-                               {"role": "assistant", "content": "Uric acid crystals."}]]}
-    rows = bench._assistant_labels(tokenizer, dialogues)
+    dialogues = [[{"role": "user", "content": "What is gout?"},
+                  {"role": "assistant", "content": "A form of arthritis."},
+                  {"role": "user", "content": "And the cause?"},
+                  {"role": "assistant", "content": "Uric acid crystals."}]]
+    rows = models.assistant_labels(tokenizer, dialogues)
     ids, labels = rows["input_ids"][0], rows["labels"][0]
     kept = tokenizer.decode([t for t in labels if t != -100])
     assert "A form of arthritis." in kept and "Uric acid crystals." in kept
     assert "gout" not in kept and "cause" not in kept
     assert len(ids) == len(labels) and sum(t != -100 for t in labels) < len(ids) / 2
+    cut = models.assistant_labels(tokenizer, dialogues, max_length=10)  # PPO-ptx cuts dialogues to max_length
+    assert cut["input_ids"][0] == ids[:10] and cut["labels"][0] == labels[:10]
 
 
 def test_markdown_table_carries_date_machine_and_matmul_rate():

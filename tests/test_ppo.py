@@ -228,3 +228,48 @@ def test_old_policy_and_reference_are_the_same_computed_per_minibatch(tiny_base)
     for whole, chunked in zip(results[7], results[3]):
         assert whole.shape == chunked.shape == batch.response.shape
         assert torch.allclose(whole, chunked, atol=1e-5), (whole - chunked).abs().max()
+
+
+# ---------------------------------------------------------------- PPO-ptx: the SFT loss beside PPO's
+DIALOGUES = [[{"role": "user", "content": "What causes gout?"}, {"role": "assistant", "content": "Uric acid crystals in a joint."}],
+             [{"role": "user", "content": "头痛怎么办？"}, {"role": "assistant", "content": "休息，多喝水。"}]]
+
+
+def _sft_batch(tokenizer):
+    return ppo.padded_batch(models.assistant_labels(tokenizer, DIALOGUES), tokenizer.pad_token_id)
+
+
+def test_ptx_loss_is_the_mean_answer_nll_of_the_numbered_batch(tiny_base):
+    model, tokenizer = _policy(tiny_base)
+    batch, drawn = _sft_batch(tokenizer), []
+    loop = ppo.PPOLoop(model, tokenizer, _share_of_low_ids(300), ppo.PPOConfig(ptx_coef=1.0),
+                       sft_batch=lambda n: drawn.append(n) or batch)
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    with torch.no_grad():
+        loss = loop.ptx_loss(7)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        by_hand = torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100])
+    assert drawn == [7]
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="sft_batch"):
+        ppo.PPOLoop(model, tokenizer, _share_of_low_ids(300), ppo.PPOConfig(ptx_coef=1.0))
+
+
+def test_ptx_term_pulls_the_policy_towards_the_sft_answers(tiny_base):
+    """Three PPO steps with and without the SFT term, same seeds: only with it does the SFT batch's loss fall;
+    one numbered batch per minibatch, numbered in order."""
+    config = dict(prompts_per_step=4, minibatch_size=2, ppo_epochs=1, learning_rate=1e-2, max_new_tokens=6)
+    nll, drawn = {}, []
+    for coef in (0.0, 5.0):
+        model, tokenizer = _policy(tiny_base, targets=WITH_HEAD)
+        batch = _sft_batch(tokenizer)
+        loop = ppo.PPOLoop(model, tokenizer, _share_of_low_ids(300), ppo.PPOConfig(**config, ptx_coef=coef),
+                           sft_batch=lambda n: drawn.append(n) or batch)
+        before = loop.ptx_loss(-1).item()
+        torch.manual_seed(3)
+        records = [loop.step(_prompts(tokenizer, 4)) for _ in range(3)]
+        nll[coef] = loop.ptx_loss(-1).item()
+        assert ("ptx_loss" in records[0]) == (coef > 0)
+    assert [n for n in drawn if n >= 0] == list(range(6))  # 3 steps x 1 epoch x 2 minibatches
+    assert nll[5.0] < before - 1.0 and nll[5.0] < nll[0.0] - 1.0, (before, nll)

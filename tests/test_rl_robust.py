@@ -268,3 +268,23 @@ def test_the_beta_figure_draws_one_column_per_beta():
     runs = [{**_record("ppo", 42, s, 0.1, True), "beta": b} for b in (0.05, 0.2) for s in (42, 43)]
     fig = plot_beta_tradeoff(runs)
     assert len(fig.axes) == 4 and [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.05", "0.2"]
+
+
+def test_ppo_stage_draws_its_ptx_batches_from_the_sft_data_by_number(tiny_base):
+    """PPO-ptx's SFT batches: none when the coefficient is 0; otherwise ``rl.minibatch_size`` dialogues of data.sft,
+    the same for the same number (a resumed run draws what the first one would have), answers-only labels."""
+    from medgpt_utils.stages import ppo as ppo_stage
+    from medgpt_utils.stages.sft import load_datasets
+
+    tiny = get_preset("tiny", verbose=False)
+    tokenizer = models.load_tokenizer(tiny_base)
+    assert tiny.rl.ptx_coef == 0 or ppo_stage.sft_batches(override(tiny, {"rl.ptx_coef": 0.0}), tokenizer) is None
+    draw = ppo_stage.sft_batches(override(tiny, {"rl.ptx_coef": 1.0, "rl.minibatch_size": 4}), tokenizer)
+    first, again, other = draw(3), draw(3), draw(4)
+    assert first["input_ids"].shape[0] == 4
+    assert all(torch.equal(first[k], again[k]) for k in first) and not torch.equal(first["input_ids"], other["input_ids"])
+    answers = {m["content"] for d in load_datasets(tiny)[0]["messages"] for m in d if m["role"] == "assistant"}
+    for ids, labels in zip(first["input_ids"], first["labels"]):
+        learned = tokenizer.decode(labels[labels != -100]).replace(tokenizer.eos_token, "\n")
+        assert all(part.strip() in answers for part in learned.split("\n") if part.strip()), learned
+        assert tokenizer.decode(ids).count("<|im_start|>user") >= 1

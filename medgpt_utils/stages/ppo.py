@@ -45,13 +45,32 @@ PPO_FIELDS_FROM_PRESET = {
                                        "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "cliprange",
                                        "cliprange_value", "vf_coef", "missing_eos_penalty", "score_clip",
                                        "score_norm", "target_approx_kl", "value_warmup_steps",
-                                       "samples_per_prompt", "whiten_advantages")},
+                                       "samples_per_prompt", "whiten_advantages", "ptx_coef")},
 }
 
 
 def ppo_config(preset: Preset) -> ppo.PPOConfig:
     """The loop's knobs, every one from the preset."""
     return ppo.PPOConfig(**{name: field_value(preset, path) for name, path in PPO_FIELDS_FROM_PRESET.items()})
+
+
+def sft_batches(preset: Preset, tokenizer):
+    """PPO-ptx's SFT data, or None when ``rl.ptx_coef`` is 0: a function giving the n-th batch of
+    ``rl.minibatch_size`` dialogues of ``data.sft`` (the SFT stage's own training set), drawn with a seed of
+    their own (the same batch for the same n, resumed or not; each process its own), tokenized with the
+    assistant-only labels SFT trained on, cut to ``max_length`` and right-padded."""
+    if preset.rl.ptx_coef <= 0:
+        return None
+    from .sft import load_datasets
+
+    dialogues = list(load_datasets(preset)[0]["messages"])
+    size, (rank, processes) = min(preset.rl.minibatch_size, len(dialogues)), ppo.world()
+
+    def batch(draw: int) -> dict:
+        rng = random.Random((preset.alignment_seed * 1_000_003 + draw) * processes + rank)
+        picked = [dialogues[i] for i in rng.sample(range(len(dialogues)), size)]
+        return ppo.padded_batch(models.assistant_labels(tokenizer, picked, preset.max_length), tokenizer.pad_token_id)
+    return batch
 
 
 def checkpoint_dir(preset: Preset, name: str = STAGE) -> Path:
@@ -182,7 +201,7 @@ def run(preset: Preset, name: str = STAGE, resume: bool = True) -> Path:
     ``outputs/<preset>/<name>/`` (``name`` keeps a lesson's variant, made with ``override(preset, …)``, beside
     the main run); ``resume`` picks up an interrupted run's checkpoint."""
     run = prepare(preset, name)
-    loop = ppo.PPOLoop(run.model, run.tokenizer, run.extras["reward_fn"], ppo_config(preset))
+    loop = ppo.PPOLoop(run.model, run.tokenizer, run.extras["reward_fn"], ppo_config(preset), sft_batches(preset, run.tokenizer))
     with measuring(run):
         history = train(preset, loop, run.train_set, preset.ppo.max_steps, checkpoint_dir(preset, name) if resume else None)
     return finish(run, loop, history)
