@@ -69,8 +69,9 @@ class PPOConfig:
     whiten_advantages: bool = True  # rescale each batch's advantages to unit variance (False: keep the scores' scale)
     samples_per_prompt: int = 1  # answers per prompt in a rollout (>1: each score minus its siblings' mean)
     value_warmup_steps: int = 0  # first steps train only the value head: advantages start from a fitted baseline
-    # PPO-ptx (Ouyang et al. 2022, eq. 2): gamma times the SFT loss on a batch of SFT dialogues beside each
-    # minibatch's PPO loss, so climbing the reward model does not unlearn what SFT taught (0: plain PPO)
+    # PPO-ptx (a variant of Ouyang et al. 2022, eq. 2, whose term is on pretraining text): gamma times the SFT loss
+    # on a batch of SFT dialogues beside each minibatch's PPO loss (not during value warm-up), so climbing the
+    # reward model does not unlearn what SFT taught (0: plain PPO)
     ptx_coef: float = 0.0
     seed: int = 42
 
@@ -583,14 +584,18 @@ class PPOLoop:
                 # those of the token mean over all processes' minibatches (1 in one process).
                 share = mask.sum() / all_sum(mask.sum()) if world()[1] > 1 else 1.0
                 loss = ((0.0 if warming_up else pg_loss) + cfg.vf_coef * vf_loss) * share / cfg.gradient_accumulation_steps
-                ptx_loss = None
-                if cfg.ptx_coef > 0 and not warming_up:  # each process its own SFT batch: their mean over processes
-                    ptx_loss = self.ptx_loss((self.step_count * cfg.ppo_epochs + epoch) * len(minibatches) + index)
-                    loss = loss + cfg.ptx_coef * ptx_loss / world()[1] / cfg.gradient_accumulation_steps
                 if not torch.isfinite(loss):  # stop rather than train on NaN (an fp16 overflow, a broken reward)
                     raise FloatingPointError(f"PPO: the loss became {loss.item()} at step {self.step_count + 1} "
                                              f"(policy {pg_loss.item()}, value {vf_loss.item()}); stopped. {OVERFLOW_ADVICE}")
                 loss.backward()
+                ptx_loss = None
+                if cfg.ptx_coef > 0 and not warming_up:  # a backward pass of its own: one graph in memory at a time
+                    ptx_loss = self.ptx_loss((self.step_count * cfg.ppo_epochs + epoch) * len(minibatches) + index)
+                    if not torch.isfinite(ptx_loss):
+                        raise FloatingPointError(f"PPO: the ptx (SFT) loss became {ptx_loss.item()} at step "
+                                                 f"{self.step_count + 1}; stopped. {OVERFLOW_ADVICE}")
+                    # each process its own SFT batch: the summed gradients are those of their mean
+                    (cfg.ptx_coef * ptx_loss / world()[1] / cfg.gradient_accumulation_steps).backward()
                 if (index + 1) % cfg.gradient_accumulation_steps == 0 or index + 1 == len(minibatches):
                     params = [p for g in self.optimizer.param_groups for p in g["params"]]
                     for param in params if world()[1] > 1 else ():  # the gradients of all processes' tokens

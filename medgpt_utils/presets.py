@@ -82,9 +82,10 @@ class RLKnobs:
     whiten_advantages: bool = knob(True, "rescale each PPO batch's advantages to unit variance (False: keep the normalised scores' scale)")
     value_warmup_steps: int = knob(0, "first PPO steps train only the value head (a fitted baseline before the policy moves)")
     # Off by default: measured on the tiny preset's study models (two pairs x three RL seeds, notebooks/EXPERIMENTS.md):
-    # gamma 1 halved PPO's KL and raised its mean gain but won no run; gamma 10 held the policy at SFT (KL 0.4, no gain).
+    # gamma 1 cut PPO's KL from 3.4 to 1.3-1.5 and raised its mean gain but won no run; gamma 10 held the policy near
+    # SFT (KL 0.4) with every gain interval touching 0.
     ptx_coef: float = knob(0.0, "PPO-ptx (Ouyang et al. 2022): weight of the SFT loss on a batch of data.sft dialogues "
-                                "(rl.minibatch_size of them) added to each PPO minibatch's loss (0: plain PPO)")
+                                "(rl.minibatch_size of them) added to each PPO minibatch's loss, not during value warm-up (0: plain PPO)")
     max_grad_norm: float = knob(1.0, "gradient-norm clip of each PPO optimizer step")
     save_every: int = knob(10, "PPO steps between two resumable checkpoints")
     seed: int | None = knob(None, "seed of the alignment stages (LoRA init, sampling, data order); None: the preset's seed. "

@@ -272,4 +272,5 @@ def test_ptx_term_pulls_the_policy_towards_the_sft_answers(tiny_base):
         nll[coef] = loop.ptx_loss(-1).item()
         assert ("ptx_loss" in records[0]) == (coef > 0)
     assert [n for n in drawn if n >= 0] == list(range(6))  # 3 steps x 1 epoch x 2 minibatches
-    assert nll[5.0] < before - 1.0 and nll[5.0] < nll[0.0] - 1.0, (before, nll)
+    # measured: 8.09 before, 8.05 after plain PPO, 3.02 with the term
+    assert nll[0.0] > before - 0.5 and nll[5.0] < before - 1.0 and nll[5.0] < nll[0.0] - 1.0, (before, nll)
