@@ -163,17 +163,6 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return logprobs, values, entropy
 
 
-def padded_batch(rows: dict[str, list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``labels`` of different lengths (``models.assistant_labels``) as one right-padded batch:
-    padding gets the pad token, label -100 and attention 0. The SFT batches of PPO-ptx."""
-    width = max(len(ids) for ids in rows["input_ids"])
-
-    def padded(sequences, value):
-        return torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
-    return {"input_ids": padded(rows["input_ids"], pad_token_id), "labels": padded(rows["labels"], -100),
-            "attention_mask": padded([[1] * len(ids) for ids in rows["input_ids"]], 0)}
-
-
 # ---------------------------------------------------------------- rewards and advantages
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     mask = mask.to(x.dtype)

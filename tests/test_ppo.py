@@ -236,7 +236,11 @@ DIALOGUES = [[{"role": "user", "content": "What causes gout?"}, {"role": "assist
 
 
 def _sft_batch(tokenizer):
-    return ppo.padded_batch(models.assistant_labels(tokenizer, DIALOGUES), tokenizer.pad_token_id)
+    from transformers import DataCollatorForSeq2Seq
+
+    rows = models.assistant_labels(tokenizer, DIALOGUES)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    return dict(collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])]))
 
 
 def test_ptx_loss_is_the_mean_answer_nll_of_the_numbered_batch(tiny_base):
