@@ -62,6 +62,16 @@ def assistant_labels(tokenizer, dialogues: Iterable[list[dict]], max_length: int
     return rows
 
 
+def assistant_labelled_batch(tokenizer, dialogues: list[list[dict]], max_length: int | None = None) -> dict:
+    """``assistant_labels`` of ``dialogues`` as one batch of tensors, padded by transformers' ``DataCollatorForSeq2Seq``
+    on the tokenizer's side (label -100, attention 0 on the padding): PPO-ptx's SFT batches."""
+    from transformers import DataCollatorForSeq2Seq
+
+    rows = assistant_labels(tokenizer, dialogues, max_length)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    return dict(collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])]))
+
+
 # ---------------------------------------------------------------- the tiny preset's own model
 CJK_CHARACTER = r"[\u3400-\u9fff]"
 

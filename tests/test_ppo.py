@@ -236,11 +236,7 @@ DIALOGUES = [[{"role": "user", "content": "What causes gout?"}, {"role": "assist
 
 
 def _sft_batch(tokenizer):
-    from transformers import DataCollatorForSeq2Seq
-
-    rows = models.assistant_labels(tokenizer, DIALOGUES)
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-    return dict(collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])]))
+    return models.assistant_labelled_batch(tokenizer, DIALOGUES)
 
 
 def test_ptx_loss_is_the_mean_answer_nll_of_the_numbered_batch(tiny_base):

@@ -58,23 +58,19 @@ def sft_batches(preset: Preset, tokenizer):
     """PPO-ptx's SFT data, or None when ``rl.ptx_coef`` is 0: a function giving the n-th batch of
     ``rl.minibatch_size`` dialogues of ``data.sft`` (the SFT stage's own training set), drawn with a seed of
     their own (the same batch for the same n, resumed or not; each process its own), tokenized with the
-    assistant-only labels SFT trained on, cut to ``max_length`` and padded (label -100, attention 0) by transformers'
-    ``DataCollatorForSeq2Seq``, on the tokenizer's side (the right, outside a rollout)."""
+    assistant-only labels SFT trained on, cut to ``max_length`` and padded on the tokenizer's side (the right, outside
+    a rollout): ``models.assistant_labelled_batch``."""
     if preset.rl.ptx_coef <= 0:
         return None
-    from transformers import DataCollatorForSeq2Seq
-
     from .sft import load_datasets
 
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
     dialogues = list(load_datasets(preset)[0]["messages"])
     size, (rank, processes) = min(preset.rl.minibatch_size, len(dialogues)), ppo.world()
 
     def batch(draw: int) -> dict:
         rng = random.Random((preset.alignment_seed * 1_000_003 + draw) * processes + rank)
         picked = [dialogues[i] for i in rng.sample(range(len(dialogues)), size)]
-        rows = models.assistant_labels(tokenizer, picked, preset.max_length)
-        return dict(collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])]))
+        return models.assistant_labelled_batch(tokenizer, picked, preset.max_length)
     return batch
 
 
