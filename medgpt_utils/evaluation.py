@@ -264,15 +264,34 @@ def key_fact_rule_scores(answers: list[str], key_facts: list[list[str]], red_fla
             for a, facts, flagged in zip(answers, key_facts, red_flags)]
 
 
+def non_word_rule_scores(answers: list[str], vocabulary: frozenset[str]) -> list[float]:
+    """-1 when the answer has an English word that appears nowhere in the training data (``non_words``: a word made
+    up by recombining tokens, the judge's ``non_word_rate``), else 0. The reward model has never seen such words
+    in a rejected answer, so it does not punish them; this rule does."""
+    return [-1.0 if non_words(a, vocabulary) else 0.0 for a in answers]
+
+
+def rule_weights(preset) -> dict:
+    """The keyword arguments of ``rule_rewards`` for ``preset``'s knobs (``rl.urgent_care_reward``,
+    ``rl.wrong_condition_penalty``, ``rl.key_fact_reward``, ``rl.non_word_penalty``): one wiring for PPO, the sampled
+    DPO/ORPO pairs and the verl export (GRPO passes the same knobs to TRL as reward functions, ``stages/grpo.py``)."""
+    return {"urgent_care_weight": preset.rl.urgent_care_reward, "wrong_condition_weight": preset.rl.wrong_condition_penalty,
+            "key_fact_weight": preset.rl.key_fact_reward, "non_word_weight": preset.rl.non_word_penalty,
+            "vocabulary_conditions": list(preset.conditions)}
+
+
 def rule_rewards(answers: list[str], rows: list[dict], urgent_care_weight: float, wrong_condition_weight: float,
-                 key_fact_weight: float = 0.0) -> list[float]:
-    """What RL adds to the reward model's score (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``,
-    ``rl.key_fact_reward``): verifiable rules about each prompt's ``red_flag``, ``lang``, ``condition`` and
-    ``key_facts``. The judge measures the same things on held-out prompts, which no rule has seen."""
+                 key_fact_weight: float = 0.0, non_word_weight: float = 0.0, vocabulary_conditions=()) -> list[float]:
+    """What RL adds to the reward model's score (``rule_weights``): verifiable rules about each prompt's
+    ``red_flag``, ``lang``, ``condition`` and ``key_facts``, and about the answer's words (checked against the
+    training data of ``vocabulary_conditions``, as the judge checks them). The judge measures the same things on
+    held-out prompts, which no rule has seen."""
     # Prompts from the user's data may have none of these columns: no rule applies to them.
     langs, flags = [r.get("lang") or "en" for r in rows], [bool(r.get("red_flag")) for r in rows]
     urgent = urgent_care_rule_scores(answers, flags, langs)
     wrong = wrong_condition_rule_scores(answers, [r.get("condition") for r in rows], langs)
     facts = key_fact_rule_scores(answers, [r.get("key_facts") or [] for r in rows], flags)
-    return [urgent_care_weight * u + wrong_condition_weight * w + key_fact_weight * f
-            for u, w, f in zip(urgent, wrong, facts)]
+    made_up = (non_word_rule_scores(answers, training_vocabulary(vocabulary_conditions)) if non_word_weight
+               else [0.0] * len(answers))
+    return [urgent_care_weight * u + wrong_condition_weight * w + key_fact_weight * f + non_word_weight * n
+            for u, w, f, n in zip(urgent, wrong, facts, made_up)]

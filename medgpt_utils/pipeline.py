@@ -24,7 +24,7 @@ TRAINING_FIELDS = ("device", "compute_dtype", "quantization", "lora_r", "lora_al
                    "full_parameter_stages", "gradient_checkpointing", "optim", "conditions", "seed", "trust_remote_code")
 # What the judge and the sampled answers of every alignment stage read (a dotted path names one sub-field).
 _JUDGED = ("rl.heldout_prompt_stride", "rl.missing_eos_penalty", "rl.temperature", "rl.seed", "rl.kl_bound", "rl.recall_tolerance",
-           "rl.urgent_care_reward", "rl.wrong_condition_penalty", "rl.key_fact_reward", "max_new_tokens")
+           "rl.urgent_care_reward", "rl.wrong_condition_penalty", "rl.key_fact_reward", "rl.non_word_penalty", "max_new_tokens")
 # Where each stage's data comes from (``Preset.data``); every reader also depends on the shared options.
 _DATA_OPTIONS = ("data.validation_percent", "data.on_error")
 DATA_READS = {kind: (f"data.{kind}", f"data.{kind}_validation") + _DATA_OPTIONS for kind in ("pt", "sft", "preference", "prompts")}

@@ -57,12 +57,6 @@ def write_parquet(records: list[dict], path: Path) -> Path:
     return path
 
 
-def rule_weights(preset: Preset) -> dict[str, float]:
-    """The rule rewards' weights of the preset (``evaluation.rule_rewards``), as PPO and GRPO use them."""
-    return {"urgent_care_weight": preset.rl.urgent_care_reward, "wrong_condition_weight": preset.rl.wrong_condition_penalty,
-            "key_fact_weight": preset.rl.key_fact_reward}
-
-
 @functools.lru_cache(maxsize=2)
 def _reward_scorer(path: str):
     import torch
@@ -206,6 +200,8 @@ def export(preset: Preset, out: Path | None = None) -> Path:
         raise ValueError("data.prompts: no validation prompts to export (give data.prompts_validation, or a data.validation_percent above 0)")
     write_parquet(verl_records(prompts.train, "train"), folder / "train.parquet")
     write_parquet(verl_records(prompts.validation, "val"), folder / "val.parquet")
+    from .evaluation import rule_weights
+
     reward_model = stage_dir(preset.name, "rm")
     (folder / "reward.py").write_text(REWARD_FILE.format(preset=preset.name, reward_model=str(reward_model),
                                                          weights=rule_weights(preset)), encoding="utf-8")

@@ -202,6 +202,19 @@ def test_key_fact_rule_rewards_the_share_of_the_asked_about_facts_and_skips_red_
     assert rule_rewards(answers, rows, 1.0, 0.0, key_fact_weight=2.0) == [1.0, -1.0, 0.0]
 
 
+def test_non_word_rule_penalises_answers_with_a_word_absent_from_the_training_data():
+    from medgpt_utils.evaluation import non_words, rule_rewards, rule_weights, training_vocabulary
+
+    preset = get_preset("tiny", verbose=False)
+    rows = [{"red_flag": False, "lang": "en", "condition": "gout"}] * 3 + [{"red_flag": False, "lang": "zh", "condition": "gout"}]
+    answers = ["Gout is caused by uric acid crystals.", "Gout is caused by uric tonsmques.", "Rest and drink water.", "多休息。"]
+    assert non_words(answers[1], training_vocabulary(preset.conditions)) == ["tonsmques"]
+    weights = rule_weights(override(preset, {"rl.non_word_penalty": 0.5}))
+    assert weights["non_word_weight"] == 0.5 and weights["vocabulary_conditions"] == list(preset.conditions)
+    assert rule_rewards(answers, rows, **weights) == [0.0, -0.5, 0.0, 0.0]
+    assert rule_rewards(answers, rows, **rule_weights(preset)) == [0.0] * 4  # off on every preset
+
+
 def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
     from medgpt_utils.stages import grpo
 
@@ -216,6 +229,12 @@ def test_grpo_learns_from_the_reward_model_and_each_rule_switched_on():
     assert [f.__name__ for f, _ in grpo.rule_functions(facts)] == ["urgent_care_rule", "key_fact_rule"]
     assert grpo.grpo_config(facts, "/tmp/unused").reward_weights == [1.0, 1.0, 0.5]
     assert grpo.key_fact_rule(None, completions, key_facts=[["fever", "cough"]], red_flag=[False]) == [0.5]
+    made_up = override(off, {"rl.non_word_penalty": 1.5})
+    rules = grpo.rule_functions(made_up)
+    assert [f.__name__ for f, _ in rules] == ["urgent_care_rule", "non_word_rule"]
+    assert grpo.grpo_config(made_up, "/tmp/unused").reward_weights == [1.0, 1.0, 1.5]
+    garbled = [[{"role": "assistant", "content": "Gout is caused by uric tonsmques."}]] + completions
+    assert rules[1][0](None, garbled) == [-1.0, 0.0]
 
 
 def test_whitening_can_be_switched_off(tiny_base, monkeypatch):

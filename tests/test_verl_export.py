@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from medgpt_utils import cli, verl_export
-from medgpt_utils.evaluation import rule_rewards
+from medgpt_utils.evaluation import rule_rewards, rule_weights
 from medgpt_utils.presets import get_preset
 
 
@@ -75,7 +75,7 @@ def test_the_reward_function_gives_the_rule_rewards(exported, monkeypatch):
     calm = "多休息，多喝水。" if truth["lang"] == "zh" else "Rest at home and drink fluids."
     scores = [reward.compute_score(r["data_source"], answer, r["reward_model"]["ground_truth"], r["extra_info"])
               for r, answer in ((red, urgent), (red, calm))]
-    expected = rule_rewards([urgent, calm], [truth, truth], **verl_export.rule_weights(preset))
+    expected = rule_rewards([urgent, calm], [truth, truth], **rule_weights(preset))
     assert scores == pytest.approx(expected)
     assert scores[0] > scores[1]  # urgent-care advice on a red-flag case is rewarded over reassurance
 
@@ -146,6 +146,6 @@ def test_the_reward_function_calls_the_course_reward_model(outputs, monkeypatch,
     prompt = json.loads(row["extra_info"]["prompt_json"])
     truth = json.loads(row["reward_model"]["ground_truth"])
     expected = scoring.reward_scores(model, tokenizer, [prompt + [{"role": "assistant", "content": answer}]])[0] + \
-        rule_rewards([answer], [truth], **verl_export.rule_weights(get_preset("tiny", verbose=False)))[0]
+        rule_rewards([answer], [truth], **rule_weights(get_preset("tiny", verbose=False)))[0]
     assert reward.compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"], row["extra_info"]) == \
         pytest.approx(expected, abs=1e-4)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluation import key_fact_rule_scores, urgent_care_rule_scores, wrong_condition_rule_scores
+from ..evaluation import (key_fact_rule_scores, non_word_rule_scores, training_vocabulary, urgent_care_rule_scores,
+                          wrong_condition_rule_scores)
 from ..presets import Preset
 from ..training import StageRun, measuring, prepared, trainer_arguments
 from . import alignment
@@ -21,34 +22,52 @@ from .alignment import training_prompts
 STAGE = "grpo"
 
 
+def completion_texts(completions) -> list[str]:
+    """The answers' text, from TRL's conversational (list of messages) or plain completions."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
 def urgent_care_rule(prompts, completions, red_flag, lang, **_) -> list[float]:
     """``scoring.urgent_care_rule_scores`` in TRL's reward-function signature."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    texts = completion_texts(completions)
     return urgent_care_rule_scores(texts, red_flag, lang)
 
 
 def wrong_condition_rule(prompts, completions, condition, lang, **_) -> list[float]:
     """``evaluation.wrong_condition_rule_scores`` in TRL's reward-function signature."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    texts = completion_texts(completions)
     return wrong_condition_rule_scores(texts, condition, lang)
 
 
 def key_fact_rule(prompts, completions, key_facts, red_flag, **_) -> list[float]:
     """``evaluation.key_fact_rule_scores`` in TRL's reward-function signature."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    texts = completion_texts(completions)
     return key_fact_rule_scores(texts, key_facts, red_flag)
+
+
+def non_word_rule(preset: Preset):
+    """``evaluation.non_word_rule_scores`` in TRL's reward-function signature, with the preset's training vocabulary."""
+    vocabulary = training_vocabulary(preset.conditions)
+
+    def non_word_rule(prompts, completions, **_) -> list[float]:
+        return non_word_rule_scores(completion_texts(completions), vocabulary)
+
+    return non_word_rule
 
 
 # The prompt columns each rule reads (TRL passes a dataset's extra columns to reward functions by name).
 RULE_COLUMNS = {"urgent_care_rule": ("red_flag", "lang"), "wrong_condition_rule": ("condition", "lang"),
-                "key_fact_rule": ("key_facts", "red_flag")}
+                "key_fact_rule": ("key_facts", "red_flag"), "non_word_rule": ()}
 
 
 def rule_functions(preset: Preset, columns=None) -> list[tuple]:
     """(reward function, weight) for each rule switched on (``rl.urgent_care_reward``, ``rl.wrong_condition_penalty``,
-    ``rl.key_fact_reward``) whose columns the prompts have (``columns``; None: the bundled prompts, which have all)."""
+    ``rl.key_fact_reward``, ``rl.non_word_penalty``: the knobs of ``evaluation.rule_weights``) whose columns the prompts
+    have (``columns``; None: the bundled prompts, which have all)."""
     rules = [(urgent_care_rule, preset.rl.urgent_care_reward), (wrong_condition_rule, preset.rl.wrong_condition_penalty),
              (key_fact_rule, preset.rl.key_fact_reward)]
+    if preset.rl.non_word_penalty > 0:
+        rules.append((non_word_rule(preset), preset.rl.non_word_penalty))
     return [(f, w) for f, w in rules
             if w > 0 and (columns is None or set(RULE_COLUMNS[f.__name__]) <= set(columns))]
 

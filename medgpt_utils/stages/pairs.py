@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import ppo, scoring
 from ..artifacts import output_root, stage_dir, write_json
-from ..evaluation import rule_rewards
+from ..evaluation import rule_rewards, rule_weights
 from ..generation import chat_prompt_texts, generate
 from ..presets import Preset
 from ..sources import local_files_signature
@@ -149,8 +149,7 @@ def load_pairs(preset: Preset, source: str, policy, tokenizer, reward_model, rew
     knobs, rows = preset.preference, sampling_rows(preset)
 
     def rules(indices, answers):  # the rule rewards PPO and GRPO add to the reward model's score
-        return rule_rewards(answers, [rows[i] for i in indices], preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty,
-                            preset.rl.key_fact_reward)
+        return rule_rewards(answers, [rows[i] for i in indices], **rule_weights(preset))
 
     with timed(metrics, "pair_sampling_seconds"):
         pairs, summary = sampled_pairs(policy, tokenizer, reward_model, reward_tokenizer, [r["prompt"] for r in rows],

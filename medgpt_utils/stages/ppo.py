@@ -23,7 +23,7 @@ import torch
 
 from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
-from ..evaluation import rule_rewards
+from ..evaluation import rule_rewards, rule_weights
 from ..generation import chat_prompt_texts
 from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
 from ..presets import Preset, field_value
@@ -148,12 +148,12 @@ def prepare(preset: Preset, name: str = STAGE) -> StageRun:
     row_by_text = dict(zip(chat_prompt_texts(tokenizer, list(train_rows["prompt"])), train_rows))
 
     def reward_fn(prompt_texts, batch, answers):
-        """The reward model's score plus the rules (``evaluation.rule_rewards``: urgent care, wrong condition, key facts)."""
+        """The reward model's score plus the rules (``evaluation.rule_rewards``: urgent care, wrong condition, key facts,
+        made-up words)."""
         rows_ = [row_by_text[t] for t in prompt_texts]
         conversations = [r["prompt"] + [{"role": "assistant", "content": a}] for r, a in zip(rows_, answers)]
         scores = torch.tensor(scoring.reward_scores(reward_model, reward_tokenizer, conversations))
-        return scores + torch.tensor(rule_rewards(answers, rows_, preset.rl.urgent_care_reward, preset.rl.wrong_condition_penalty,
-                                                  preset.rl.key_fact_reward))
+        return scores + torch.tensor(rule_rewards(answers, rows_, **rule_weights(preset)))
 
     rows = heldout_prompts(preset)
     metrics = {"stage": name, "preset": preset.name, "config": dataclasses.asdict(ppo_config(preset)), "steps": preset.ppo.max_steps,
