@@ -286,7 +286,8 @@ def rule_rewards(answers: list[str], rows: list[dict], urgent_care_weight: float
     ``red_flag``, ``lang``, ``condition`` and ``key_facts``, and about the answer's words (checked against the
     training data of ``vocabulary_conditions``, as the judge checks them). The judge measures the same things on
     held-out prompts, which no rule has seen."""
-    # Prompts from the user's data may have none of these columns: no rule applies to them.
+    # Prompts from the user's data may have none of these columns: no prompt rule applies to them (the made-up-word
+    # rule reads only the answer).
     langs, flags = [r.get("lang") or "en" for r in rows], [bool(r.get("red_flag")) for r in rows]
     urgent = urgent_care_rule_scores(answers, flags, langs)
     wrong = wrong_condition_rule_scores(answers, [r.get("condition") for r in rows], langs)

@@ -66,9 +66,9 @@ class RLKnobs:
     # still fell (notebooks/EXPERIMENTS.md, K1). With the user's own prompts that carry key facts it is a ground-truth reward.
     key_fact_reward: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: w times the share of the asked-about key facts an "
                                        "answer states, added to the score of prompts that ask for facts (0: off)")
-    # Off by default: measured on the tiny preset with PPO (beside PPO-ptx) and GRPO, on the models of two machines, it
-    # won no more runs, made-up words still rose on held-out prompts, and the mean gain moved one way on one machine's
-    # models and the other way on the other's (notebooks/EXPERIMENTS.md, issue 26, sixth and seventh parts).
+    # Off by default: measured on the tiny preset with PPO (alone, and beside PPO-ptx) and GRPO, on the models of two
+    # machines, no setting with it won more than one run in six, made-up words still rose on held-out prompts, and its
+    # effect on the mean gain changed sign with the models (notebooks/EXPERIMENTS.md, issue 26, fifth to seventh parts).
     non_word_penalty: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: subtracted from the score of an answer with an "
                                         "English word that appears nowhere in the training data, a made-up word (0: off)")
     kl_bound: float = knob(20.0, "the judge: a policy further than this from the SFT model (nats per answer) does not count as a win")

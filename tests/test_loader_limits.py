@@ -262,6 +262,8 @@ def test_cached_pairs_holding_unicode_line_separators_read_back_whole(outputs):
     metrics = {}
     assert pairs.load_pairs(TINY, "sampled", None, None, None, None, metrics).to_list() == rows
     assert metrics["sampled_pairs"] == {"pairs": 1}  # read from the cache, nothing sampled
+    # pairs ranked without a rule are not reused once it is switched on (they would be sampled again)
+    assert pairs._cache_key(TINY) != pairs._cache_key(override(TINY, {"rl.non_word_penalty": 1.0}))
 
 
 # ------------------------------------------------------------------ checked before any stage is built

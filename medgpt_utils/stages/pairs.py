@@ -126,6 +126,8 @@ def _cache_key(preset: Preset) -> dict:
             "missing_eos_penalty": preset.rl.missing_eos_penalty, "seed": preset.alignment_seed,
             "urgent_care_reward": preset.rl.urgent_care_reward, "wrong_condition_penalty": preset.rl.wrong_condition_penalty,
             "key_fact_reward": preset.rl.key_fact_reward,
+            # in the key only when on, so that pairs sampled before this knob existed stay reusable
+            **({"non_word_penalty": preset.rl.non_word_penalty} if preset.rl.non_word_penalty else {}),
             "prompt_data": [preset.data.prompts, local_files_signature(preset.data.prompts)]}
 
 
