@@ -62,8 +62,10 @@ class RLKnobs:
     # 0.010 / 0.052 with it, 0.031 / 0.042 / 0.031 without) and the gains were smaller (notebooks/EXPERIMENTS.md).
     wrong_condition_penalty: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: subtracted from the score of an answer "
                                                "that names another condition and not the one asked about (0: off)")
-    # Off by default: measured on the tiny preset (w=1) it lowered PPO's and GRPO's mean gains and held-out recall
-    # still fell (notebooks/EXPERIMENTS.md, K1). With the user's own prompts that carry key facts it is a ground-truth reward.
+    # Off by default: measured on the tiny preset alone (w=1) it lowered PPO's and GRPO's mean gains (K1); beside
+    # PPO-ptx (w 1 and 2) it kept recall better but raised wrong-condition answers, and no setting with it won more than
+    # one run in six (notebooks/EXPERIMENTS.md, issue 26, eighth part). With the user's own prompts that carry key
+    # facts it is a ground-truth reward.
     key_fact_reward: float = knob(0.0, "PPO, GRPO and sampled DPO/ORPO pairs: w times the share of the asked-about key facts an "
                                        "answer states, added to the score of prompts that ask for facts (0: off)")
     # Off by default: measured on the tiny preset with PPO (alone, and beside PPO-ptx) and GRPO, on the models of two
