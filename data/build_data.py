@@ -174,13 +174,30 @@ RED_FLAG_WORDINGS = 2  # single-turn SFT questions per red-flag sign
 FULL_ANSWER_SHARE = 0.7  # share of training answers that list every fact; the rest list some or one
 
 
+def hand_written_wordings() -> dict:
+    """The hand-written training wordings per language and fact type (``training_wordings`` less the grammar's)."""
+    return {lang: {fact: T.TRAIN_QUESTIONS[lang][fact] + T.EXTRA_SFT_QUESTIONS[lang].get(fact, [])
+                   for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
+
+
+def sft_wordings(lang: str, fact: str, rng: random.Random) -> list[str]:
+    """The SFT_QUESTIONS_PER_FACT wordings one condition's fact is asked in: half hand-written, half from the
+    question grammar (all hand-written where the grammar has no clauses for the fact type). Drawn from the pooled
+    wordings, 90% of the draws were the grammar's and recall on held-out wordings fell in Chinese; half and half
+    raised it in both languages on three seeds of three (English on two; notebooks/EXPERIMENTS.md, ninth part)."""
+    hand = hand_written_wordings()[lang][fact]
+    grammar = T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else []
+    from_hand = SFT_QUESTIONS_PER_FACT // 2 if grammar else SFT_QUESTIONS_PER_FACT
+    return rng.sample(hand, from_hand) + rng.sample(grammar, SFT_QUESTIONS_PER_FACT - from_hand)
+
+
 def sft_single(conditions, rng: random.Random) -> list[dict]:
-    rows, wordings = [], training_wordings()
+    rows = []
     for c in conditions:
         for lang in LANGS:
             kb = c[lang]
             for fact in ("definition",) + FACTS:
-                for template in rng.sample(wordings[lang][fact], SFT_QUESTIONS_PER_FACT):
+                for template in sft_wordings(lang, fact, rng):
                     items = None if fact in ("definition", "department") else partial(kb[fact], rng)
                     answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
                     rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
@@ -333,9 +350,8 @@ TRAIN_KNOWLEDGE_PAIRS = 1  # per condition, language, fact type and knowledge ki
 
 def training_wordings() -> dict:
     """Every training wording per language and fact type: the hand-written ones and the grammar's."""
-    return {lang: {fact: T.TRAIN_QUESTIONS[lang][fact] + T.EXTRA_SFT_QUESTIONS[lang].get(fact, [])
-                   + (T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [])
-                   for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
+    return {lang: {fact: hand + (T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [])
+                   for fact, hand in hand_written_wordings()[lang].items()} for lang in LANGS}
 
 
 def balance_off_question(rows: list[dict], conditions, rng: random.Random) -> list[dict]:
@@ -647,8 +663,9 @@ in new words.
   `lang`. Per condition and language: seven fixed paragraphs and eight whose sentences take varied
   frames (`PRETRAIN_FRAMES`), so the facts are tied to the condition's name, not to one sentence.
 - `sft/train_single.jsonl`, `sft/valid.jsonl`: Alpaca `instruction`/`input`/`output`, plus
-  `condition`, `lang`, `fact`. Each condition, language and fact type is asked in four wordings
-  (from `TRAIN_QUESTIONS` and `EXTRA_SFT_QUESTIONS`), and every red-flag sign in two. Training
+  `condition`, `lang`, `fact`. Each condition, language and fact type is asked in four wordings,
+  two hand-written (`TRAIN_QUESTIONS`, `EXTRA_SFT_QUESTIONS`) and two from the course's question
+  grammar (`grammar_questions`), and every red-flag sign in two. Training
   answers vary in completeness on purpose (most list every fact, some only a few or one; some leave
   out the urgent-care advice), as real data does.
 - `sft/train_multi.jsonl`: ShareGPT `conversations` of `from` (system/human/gpt) and `value`;
