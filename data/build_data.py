@@ -180,24 +180,24 @@ def hand_written_wordings() -> dict:
                    for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
 
 
-def sft_wordings(lang: str, fact: str, rng: random.Random) -> list[str]:
-    """The SFT_QUESTIONS_PER_FACT wordings one condition's fact is asked in: half hand-written, half from the
-    question grammar (all hand-written where the grammar has no clauses for the fact type). Drawn from the pooled
-    wordings, 90% of the draws were the grammar's and recall on held-out wordings fell in Chinese; half and half
-    raised it in both languages on three seeds of three (English on two; notebooks/EXPERIMENTS.md, ninth part)."""
-    hand = hand_written_wordings()[lang][fact]
-    grammar = T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else []
+def sft_wordings(hand: list[str], grammar: list[str], rng: random.Random) -> list[str]:
+    """The SFT_QUESTIONS_PER_FACT wordings one condition's fact is asked in: half from its ``hand``-written wordings,
+    half from the question ``grammar``'s (all hand-written where the grammar has no clauses for the fact type). Drawn
+    from the pooled wordings, 90% of the draws were the grammar's and recall on held-out wordings fell in Chinese; half
+    and half raised it in both languages on three seeds of three (English on two; notebooks/EXPERIMENTS.md, ninth part)."""
     from_hand = SFT_QUESTIONS_PER_FACT // 2 if grammar else SFT_QUESTIONS_PER_FACT
     return rng.sample(hand, from_hand) + rng.sample(grammar, SFT_QUESTIONS_PER_FACT - from_hand)
 
 
 def sft_single(conditions, rng: random.Random) -> list[dict]:
-    rows = []
+    rows, hand = [], hand_written_wordings()
+    grammar = {lang: {fact: T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [] for fact in hand[lang]}
+               for lang in LANGS}
     for c in conditions:
         for lang in LANGS:
             kb = c[lang]
             for fact in ("definition",) + FACTS:
-                for template in sft_wordings(lang, fact, rng):
+                for template in sft_wordings(hand[lang][fact], grammar[lang][fact], rng):
                     items = None if fact in ("definition", "department") else partial(kb[fact], rng)
                     answer = fact_answer(kb, lang, fact, items, with_urgent=rng.random() < 0.6)
                     rows.append({"instruction": ask(template, kb, lang), "input": "", "output": answer,
