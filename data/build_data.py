@@ -180,6 +180,12 @@ def hand_written_wordings() -> dict:
                    for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
 
 
+def grammar_wordings() -> dict:
+    """The question grammar's wordings per language and fact type (none where the grammar has no clauses for it)."""
+    return {lang: {fact: T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else []
+                   for fact in T.TRAIN_QUESTIONS[lang]} for lang in LANGS}
+
+
 def sft_wordings(hand: list[str], grammar: list[str], rng: random.Random) -> list[str]:
     """The SFT_QUESTIONS_PER_FACT wordings one condition's fact is asked in: half from its ``hand``-written wordings,
     half from the question ``grammar``'s (all hand-written where the grammar has no clauses for the fact type). Drawn
@@ -190,9 +196,7 @@ def sft_wordings(hand: list[str], grammar: list[str], rng: random.Random) -> lis
 
 
 def sft_single(conditions, rng: random.Random) -> list[dict]:
-    rows, hand = [], hand_written_wordings()
-    grammar = {lang: {fact: T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [] for fact in hand[lang]}
-               for lang in LANGS}
+    rows, hand, grammar = [], hand_written_wordings(), grammar_wordings()
     for c in conditions:
         for lang in LANGS:
             kb = c[lang]
@@ -350,8 +354,8 @@ TRAIN_KNOWLEDGE_PAIRS = 1  # per condition, language, fact type and knowledge ki
 
 def training_wordings() -> dict:
     """Every training wording per language and fact type: the hand-written ones and the grammar's."""
-    return {lang: {fact: hand + (T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else [])
-                   for fact, hand in hand_written_wordings()[lang].items()} for lang in LANGS}
+    hand, grammar = hand_written_wordings(), grammar_wordings()
+    return {lang: {fact: hand[lang][fact] + grammar[lang][fact] for fact in hand[lang]} for lang in LANGS}
 
 
 def balance_off_question(rows: list[dict], conditions, rng: random.Random) -> list[dict]:

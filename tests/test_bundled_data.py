@@ -92,23 +92,21 @@ def test_sft_asks_each_fact_half_in_hand_written_wordings_half_in_the_grammars()
     """Drawn from the pooled wordings, nine SFT questions in ten were the grammar's and held-out recall fell in
     Chinese; each condition's fact is now asked in two hand-written and two grammar wordings (EXPERIMENTS.md)."""
     kb = {c["id"]: c for c in B.load_conditions()}
-    hand_written, grammar = B.hand_written_wordings(), {}
+    hand_written, grammar = B.hand_written_wordings(), B.grammar_wordings()
     sources = Counter()
     for row in map(json.loads, (DATA / "sft/train_single.jsonl").read_text(encoding="utf-8").splitlines()):
         if row["fact"] == "red_flag_case":
             continue
         lang, fact, c = row["lang"], row["fact"], kb[row["condition"]][row["lang"]]
-        if (lang, fact) not in grammar:
-            grammar[lang, fact] = T.grammar_questions(lang, fact) if fact in T.GRAMMAR_CLAUSES[lang] else []
         in_hand = row["instruction"] in {B.ask(t, c, lang) for t in hand_written[lang][fact]}
-        in_grammar = row["instruction"] in {B.ask(t, c, lang) for t in grammar[lang, fact]}
+        in_grammar = row["instruction"] in {B.ask(t, c, lang) for t in grammar[lang][fact]}
         assert in_hand or in_grammar, row["instruction"]
         # One grammar wording is also hand-written ("Can you explain what {name} is?"): it counts for either side.
         sources[row["condition"], lang, fact, "both" if in_hand and in_grammar else "hand" if in_hand else "grammar"] += 1
     groups = {key[:3] for key in sources}
     assert len(groups) == len(kb) * 2 * (1 + len(B.FACTS))
     for condition, lang, fact in groups:
-        has_grammar = bool(grammar[lang, fact])
+        has_grammar = bool(grammar[lang][fact])
         half = B.SFT_QUESTIONS_PER_FACT // 2 if has_grammar else B.SFT_QUESTIONS_PER_FACT
         hand, made, both = (sources[condition, lang, fact, side] for side in ("hand", "grammar", "both"))
         assert hand + made + both == B.SFT_QUESTIONS_PER_FACT, (condition, lang, fact)
