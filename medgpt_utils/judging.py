@@ -1,7 +1,7 @@
 """How an aligned policy is judged against the SFT model it started from.
 
 Greedy answers to the same held-out prompts, scored by the same reward model: score, paired gain with its
-interval, win rate, key-fact recall, urgent-care advice on red-flag cases, answers that end, and a
+interval (on the RL prompts, on the SFT stage's question sets, and on both together: what the verdict judges), win rate, key-fact recall, urgent-care advice on red-flag cases, answers that end, and a
 Monte-Carlo KL to the SFT model. PPO, DPO, ORPO and GRPO report these numbers.
 """
 
@@ -74,7 +74,11 @@ def comparison(before: dict, after: dict) -> dict:
 # raise its score by writing what it over-rates (reward hacking). A win therefore needs the score to rise by more
 # than its 95% interval AND every measure the knowledge base checks, which no policy can game, to hold.
 WIN_CRITERIA = {
-    "score_gain_interval_above_0": "paired reward-score gain with its 95% interval above 0",
+    # Judged on every prompt both models answered: the held-out RL prompts and, where the SFT data had key facts, the
+    # SFT stage's question sets (96 + 384 on the tiny preset). On the 96 RL prompts alone the interval's half-width
+    # (0.3-0.6) was the size of the gains themselves (EXPERIMENTS.md, issue 26, eleventh part).
+    "score_gain_interval_above_0": "paired reward-score gain over the RL prompts and the question sets with its 95% "
+                                   "interval above 0",
     "urgent_care_kept": "urgent-care advice on red-flag cases not lower than SFT's",
     "recall_kept": "key-fact recall at most rl.recall_tolerance below SFT's",
     "wrong_condition_not_up": "share of answers naming the wrong condition not above SFT's",
@@ -103,6 +107,30 @@ def question_set_comparison(before: dict | None, after: dict | None) -> dict:
     return result
 
 
+def question_set_scores(reward_model, reward_tokenizer, sets: dict, knowledge: dict) -> dict[str, list[float]]:
+    """The reward model's score of each answer in ``knowledge`` (``stages.sft.knowledge``: per question set, with
+    its ``answers``) to the questions of ``sets`` (name -> rows)."""
+    return {name: scoring.reward_scores(reward_model, reward_tokenizer,
+                                        [p + [{"role": "assistant", "content": a}] for p, a in zip(rows["prompt"], knowledge[name]["answers"])])
+            for name, rows in sets.items()}
+
+
+def question_set_gains(before: dict, after: dict, sets_before: dict[str, list[float]],
+                       sets_after: dict[str, list[float]]) -> dict:
+    """The paired reward-score gain on the question sets together, and on them with the RL prompts
+    (``before``/``after``: ``judge`` on the RL prompts; ``sets_*``: ``question_set_scores``)."""
+    on_sets_before = [s for name in QUESTION_SETS for s in sets_before[name]]
+    on_sets_after = [s for name in QUESTION_SETS for s in sets_after[name]]
+    return {"score_gain_question_sets": paired_interval(on_sets_after, on_sets_before),
+            "score_gain_all_prompts": paired_interval(after["scores"] + on_sets_after, before["scores"] + on_sets_before)}
+
+
+def judged_gain(result: dict) -> dict:
+    """The gain the verdict judges: over the RL prompts and the question sets (on data without key facts, and in
+    runs recorded before the question sets were scored, the RL prompts alone)."""
+    return result.get("score_gain_all_prompts") or result["score_gain"]
+
+
 def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
     """Each of ``WIN_CRITERIA`` for one aligned policy's numbers (``comparison`` plus ``kl_to_reference``),
     and ``wins``: every measured one holds. A criterion the judged prompts cannot measure (no red-flag case,
@@ -112,7 +140,7 @@ def verdict(result: dict, kl_bound: float, recall_tolerance: float) -> dict:
         return None if before is None or after is None else holds(before, after)
 
     checks = {
-        "score_gain_interval_above_0": result["score_gain"]["low"] > 0,
+        "score_gain_interval_above_0": judged_gain(result)["low"] > 0,
         "urgent_care_kept": kept("urgent_care", lambda b, a: a >= b),
         "recall_kept": kept("recall", lambda b, a: a >= b - recall_tolerance),
         "wrong_condition_not_up": kept("wrong_condition", lambda b, a: a <= b),

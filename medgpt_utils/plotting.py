@@ -62,11 +62,13 @@ def plot_rl_runs(runs: dict[str, list[dict]], keys=("score", "kl", "answer_token
 
 def plot_beta_tradeoff(runs: list[dict], title: str = "PPO: the KL coefficient beta"):
     """What a method's beta buys (seed-study runs, ``rl_seeds.committed_runs(method, sweep=True)``): one column per
-    beta, a dot per run: reward-score gain, recall change on the RL prompts and on the held-out questions, KL to SFT."""
+    beta, a dot per run: reward-score gain (over every judged prompt, as the verdict judges it), recall change on the RL prompts and on the held-out questions, KL to SFT."""
     import matplotlib.pyplot as plt
 
+    from .judging import judged_gain
+
     betas = sorted({r["beta"] for r in runs})
-    panels = (("reward-score gain", lambda r: r["score_gain"]["mean"]),
+    panels = (("reward-score gain", lambda r: judged_gain(r)["mean"]),
               ("recall change, RL prompts", lambda r: r["recall_after"] - r["recall_before"]),
               ("recall change, held-out questions", lambda r: r["recall_heldout_after"] - r["recall_heldout_before"]),
               ("KL to SFT (nats)", lambda r: r["kl_to_reference"]))

@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .artifacts import OUTPUT_ENV, output_root, stage_dir
-from .judging import QUESTION_SETS, WIN_CRITERIA
+from .judging import QUESTION_SETS, WIN_CRITERIA, judged_gain
 from .presets import PRESETS, Preset, field_value, get_preset, override, parse_overrides
 
 FIRST_STAGES = ("base", "pt", "sft", "rm")
-# The committed study of the tiny preset (issue 26, 2026-12-05, 2-core CPU: six runs per method at the preset's beta,
+# The committed study of the tiny preset (2026-12-07, 2-core AMD EPYC: six runs per method at the preset's beta,
 # plus PPO's and GRPO's beta sweeps), read by notebooks 04 and 05 so that their text quotes no number by hand;
 # regenerate with this module and copy outputs/tiny/rl_seeds/runs.jsonl here.
 COMMITTED_STUDY = Path(__file__).resolve().parent.parent / "notebooks" / "seed_study.jsonl"  # what an SFT / reward-model pair is built from
@@ -73,7 +73,7 @@ def run_one(preset: Preset, method: str) -> dict:
     return json.loads((module.run(preset) / "metrics.json").read_text(encoding="utf-8"))
 
 
-SUMMARY_KEYS = ("score_before", "score_after", "score_gain", "win_rate", "urgent_care_before", "urgent_care_after",
+SUMMARY_KEYS = ("score_before", "score_after", "score_gain", "score_gain_question_sets", "score_gain_all_prompts", "win_rate", "urgent_care_before", "urgent_care_after",
                 "recall_before", "recall_after", "wrong_condition_before", "wrong_condition_after", "non_word_before",
                 "non_word_after", "kl_to_reference", "train_seconds", "verdict",
                 *(f"{m}_{qs}_{w}" for m in ("recall", "wrong_condition") for qs in QUESTION_SETS for w in ("before", "after")))
@@ -127,9 +127,12 @@ def study(preset: Preset, methods: list[str], seeds: int, pair_seeds: list[int],
     return records
 
 
+def _interval(g: dict) -> str:
+    return f"{g['mean']:+.2f} ({g['low']:+.2f} .. {g['high']:+.2f})"
+
+
 def one_line(r: dict) -> str:
-    g = r["score_gain"]
-    return (f"  gain {g['mean']:+.2f} ({g['low']:+.2f} .. {g['high']:+.2f})  win rate {r['win_rate']:.2f}  "
+    return (f"  gain {_interval(r['score_gain'])}, all prompts {_interval(judged_gain(r))}  win rate {r['win_rate']:.2f}  "
             f"urgent {r['urgent_care_before']:.2f}->{r['urgent_care_after']:.2f}  "
             f"recall {r['recall_before']:.2f}->{r['recall_after']:.2f}  KL {r['kl_to_reference']:.1f}  "
             f"wins: {r['verdict']['wins']}")
@@ -140,7 +143,7 @@ def _spread(values: list[float], fmt: str = "{:+.2f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))} .. {fmt.format(max(values))})"
 
 
-SUMMARY_COLUMNS = ("method", "runs", "wins", "reward gain", "gain interval above 0", "win rate", "urgent care change",
+SUMMARY_COLUMNS = ("method", "runs", "wins", "reward gain", "reward gain, all prompts", "gain interval above 0", "win rate", "urgent care change",
                    "recall change", "recall change, held-out questions", "recall change, hand-written",
                    "wrong-condition change", "wrong-condition change, question sets", "non-word change", "KL to SFT", "train s")
 
@@ -152,7 +155,8 @@ def summary_row(method: str, runs: list[dict]) -> dict:
 
     return {"method": method, "runs": str(len(runs)), "wins": f"{sum(r['verdict']['wins'] for r in runs)}/{len(runs)}",
             "reward gain": _spread([r["score_gain"]["mean"] for r in runs]),
-            "gain interval above 0": f"{sum(r['score_gain']['low'] > 0 for r in runs)}/{len(runs)}",
+            "reward gain, all prompts": _spread([judged_gain(r)["mean"] for r in runs]),
+            "gain interval above 0": f"{sum(judged_gain(r)['low'] > 0 for r in runs)}/{len(runs)}",
             "win rate": _spread([r["win_rate"] for r in runs], "{:.2f}"),
             "urgent care change": change("urgent_care"), "recall change": change("recall"),
             "recall change, held-out questions": change("recall_heldout"), "recall change, hand-written": change("recall_handwritten"),
@@ -206,7 +210,8 @@ def markdown(records: list[dict], preset: Preset) -> str:
     lines += _table(SUMMARY_COLUMNS, summary_rows(records))
     per_run = [{"method": r["method"], "beta": "" if r.get("beta") is None else f"{r['beta']:g}", "pair seed": r["pair_seed"], "RL seed": r["rl_seed"],
                 "SFT -> new score": f"{r['score_before']:.2f} -> {r['score_after']:.2f}",
-                "gain (95% interval)": f"{r['score_gain']['mean']:+.2f} ({r['score_gain']['low']:+.2f} .. {r['score_gain']['high']:+.2f})",
+                "gain (95% interval)": _interval(r["score_gain"]),
+                "gain, all prompts (95% interval)": _interval(judged_gain(r)),
                 "urgent care": f"{r['urgent_care_before']:.2f} -> {r['urgent_care_after']:.2f}",
                 "recall": f"{r['recall_before']:.2f} -> {r['recall_after']:.2f}",
                 "wrong condition": f"{r['wrong_condition_before']:.3f} -> {r['wrong_condition_after']:.3f}",

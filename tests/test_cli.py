@@ -79,6 +79,11 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys, small_validation
     assert ppo_metrics["recall_heldout_before"] == sft_knowledge["heldout"]["recall"]
     assert ppo_metrics["recall_handwritten_after"] is not None
     assert ppo_metrics["verdict"]["recall_kept_on_question_sets"] is not None
+    # ... and the reward gain there: SFT's kept answers and the policy's, scored by the same reward model
+    asked = sum(len(sft_knowledge[name]["answers"]) for name in ("heldout", "handwritten"))
+    assert asked == sft_knowledge["heldout"]["n"] + sft_knowledge["handwritten"]["n"]
+    assert ppo_metrics["score_gain_question_sets"]["n"] == asked
+    assert ppo_metrics["score_gain_all_prompts"]["n"] == asked + ppo_metrics["heldout_prompts"]
     assert [h["step"] for h in ppo_metrics["history"]] == [1, 2]
     assert (outputs / "tiny" / "ppo" / "checkpoint" / "value_head.safetensors").is_file()
     assert (outputs / "tiny" / "ppo" / "model.safetensors").is_file()  # merged policy for inference

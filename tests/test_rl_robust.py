@@ -98,6 +98,55 @@ def test_a_win_needs_every_knowledge_measure_to_hold(change, failed):
     assert not verdict["wins"] and [k for k in judging.WIN_CRITERIA if not verdict[k]] == [failed]
 
 
+def test_the_gain_is_judged_over_the_rl_prompts_and_the_question_sets_together():
+    """96 RL prompts alone give an interval as wide as the gains (issue 26): where the question sets were scored,
+    the verdict judges the gain over all of them; without them, on the RL prompts."""
+    before = {"scores": [0.0, 0.0, 0.0, 0.0]}
+    after = {"scores": [1.0, -1.0, 1.0, -1.0]}  # no gain on the RL prompts
+    sets_before = {"heldout": [0.0] * 6, "handwritten": [0.0, 0.0]}
+    sets_after = {"heldout": [1.0, 1.0, 2.0, 1.0, 1.0, 2.0], "handwritten": [1.0, 1.0]}
+    gains = judging.question_set_gains(before, after, sets_before, sets_after)
+    assert gains["score_gain_question_sets"]["n"] == 8 and gains["score_gain_question_sets"]["mean"] == pytest.approx(1.25)
+    assert gains["score_gain_all_prompts"]["n"] == 12 and gains["score_gain_all_prompts"]["mean"] == pytest.approx(10 / 12)
+    rl_only = judging.paired_interval(after["scores"], before["scores"])
+    assert not judging.verdict(_result(score_gain=rl_only), 20.0, 0.03)["score_gain_interval_above_0"]
+    assert judging.verdict(_result(score_gain=rl_only, **gains), 20.0, 0.03)["score_gain_interval_above_0"]
+    # the other way round: a gain on the RL prompts that the question sets take back is not a win
+    lost = judging.question_set_gains(after, before, sets_after, sets_before)
+    assert not judging.verdict(_result(**lost), 20.0, 0.03)["score_gain_interval_above_0"]
+
+
+def test_an_sft_model_saved_without_its_answers_is_asked_again_with_the_adapter_off(outputs, monkeypatch):
+    """The gain on the question sets needs SFT's own answers; an SFT stage saved before they were kept still
+    counts as current (its settings did not change), so the alignment stage asks the SFT model itself."""
+    import contextlib
+
+    from medgpt_utils.artifacts import stage_dir
+    from medgpt_utils.stages import alignment, sft
+
+    preset = get_preset("tiny", verbose=False)
+    folder = stage_dir(preset.name, sft.STAGE)
+    folder.mkdir(parents=True)
+    measured = {name: {"recall": 0.5, "wrong_condition_rate": 0.0} for name in judging.QUESTION_SETS}
+    (folder / "metrics.json").write_text(json.dumps({"knowledge": measured}))
+    adapter_off = []
+
+    class Policy:
+        @contextlib.contextmanager
+        def disable_adapter(self):
+            adapter_off.append(True)
+            yield
+
+    asked_again = {name: {**m, "answers": ["an answer"]} for name, m in measured.items()}
+    monkeypatch.setattr(sft, "knowledge", lambda model, tokenizer, preset: asked_again if adapter_off else pytest.fail("adapter on"))
+    assert alignment.sft_question_set_knowledge(preset, Policy(), None) == asked_again
+    (folder / "metrics.json").write_text(json.dumps({"knowledge": asked_again}))  # kept answers: read, not asked again
+    adapter_off.clear()
+    assert alignment.sft_question_set_knowledge(preset, Policy(), None) == asked_again and not adapter_off
+    (folder / "metrics.json").write_text(json.dumps({}))  # the user's own SFT data: no question sets
+    assert alignment.sft_question_set_knowledge(preset, Policy(), None) is None
+
+
 def test_a_criterion_the_judged_prompts_cannot_measure_is_none_and_does_not_decide():
     """With a large stride the judged prompts may hold no red-flag case: urgent care is then None, not a crash."""
     verdict = judging.verdict(_result(urgent_care_before=None, urgent_care_after=None), kl_bound=20.0, recall_tolerance=0.03)

@@ -14,7 +14,8 @@ from pathlib import Path
 from .. import models
 from ..artifacts import stage_dir, stage_done
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
+from ..judging import (comparison, examples, judge, kl_to_reference, question_set_comparison, question_set_gains,
+                       question_set_scores, verdict)
 from ..pipeline import stage_names
 from ..presets import Preset
 from ..sources import local_files_signature
@@ -69,18 +70,31 @@ def heldout_prompts(preset: Preset):
     return as_dataset(rows).select(range(0, len(rows), preset.rl.heldout_prompt_stride))
 
 
-def sft_question_set_knowledge(preset: Preset) -> dict | None:
-    """The SFT model's recall and wrong-condition rate on its question sets (held-out and hand-written), as the
-    SFT stage measured them (``metrics.json``: the same greedy answers the policy with its adapter off would give,
-    measured once per SFT model instead of once per aligned run); None when the SFT data had no key facts."""
+def sft_question_set_knowledge(preset: Preset, policy, tokenizer) -> dict | None:
+    """The SFT model's measures and answers on its question sets (held-out and hand-written), as the SFT stage
+    measured them (``metrics.json``: the same greedy answers the policy with its adapter off gives, measured once
+    per SFT model instead of once per aligned run); None when the SFT data had no key facts. An SFT model saved
+    before its answers were kept is asked again here, with ``policy``'s adapter off."""
     import json
 
-    return json.loads((stage_dir(preset.name, sft.STAGE) / "metrics.json").read_text(encoding="utf-8")).get("knowledge")
+    saved = json.loads((stage_dir(preset.name, sft.STAGE) / "metrics.json").read_text(encoding="utf-8")).get("knowledge")
+    if saved is None or all("answers" in measured for measured in saved.values()):
+        return saved
+    with policy.disable_adapter():
+        return sft.knowledge(policy, tokenizer, preset)
 
 
-def question_set_knowledge(preset: Preset, policy, tokenizer, sft_knowledge: dict | None) -> dict | None:
-    """``policy``'s measures on the SFT stage's question sets, for the verdict: only where SFT's were measured."""
-    return None if sft_knowledge is None else sft.knowledge(policy, tokenizer, preset)
+def judge_question_sets(preset: Preset, policy, tokenizer, extras: dict, after: dict) -> dict:
+    """``policy`` against the SFT model on the SFT stage's question sets, for the verdict: recall and
+    wrong-condition rate on each set, and the reward-score gain there and over every judged prompt (``after``:
+    the policy's judgement on the RL prompts). Empty where SFT's were not measured (the user's own data)."""
+    before = extras["knowledge_before"]
+    if before is None:
+        return {}
+    knowledge_after = sft.knowledge(policy, tokenizer, preset)
+    sets = sft.question_sets(preset)
+    scored = [question_set_scores(extras["reward_model"], extras["reward_tokenizer"], sets, k) for k in (before, knowledge_after)]
+    return {**question_set_comparison(before, knowledge_after), **question_set_gains(extras["before"], after, *scored)}
 
 
 def prepare(preset: Preset, stage: str) -> StageRun:
@@ -98,7 +112,7 @@ def prepare(preset: Preset, stage: str) -> StageRun:
                "parameters": models.count_parameters(policy), "data": prompt_data_report(preset)}
     with policy.disable_adapter(), timed(metrics, "judge_sft_seconds"):
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
-    knowledge_before = sft_question_set_knowledge(preset)
+    knowledge_before = sft_question_set_knowledge(preset, policy, tokenizer)
     return StageRun(preset, stage, policy, tokenizer, sft_path, metrics, eval_set=rows,
                     extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "before": before,
                             "knowledge_before": knowledge_before})
@@ -110,9 +124,8 @@ def judge_and_save(run: StageRun, policy, loss_curve: dict, name: str | None = N
     preset, tokenizer, rows, metrics, x = run.preset, run.tokenizer, run.eval_set, run.metrics, run.extras
     name = name or run.stage
     after = judge(policy, tokenizer, x["reward_model"], x["reward_tokenizer"], rows, preset.max_new_tokens, preset.conditions)
-    knowledge_after = question_set_knowledge(preset, policy, tokenizer, x["knowledge_before"])
     metrics.update(comparison(x["before"], after))
-    metrics.update(question_set_comparison(x["knowledge_before"], knowledge_after))
+    metrics.update(judge_question_sets(preset, policy, tokenizer, x, after))
     metrics.update(loss_history=loss_curve, examples=examples(rows, x["before"], after),
                    kl_to_reference=kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                                                    preset.max_new_tokens, preset.rl.temperature))

@@ -25,11 +25,11 @@ from .. import models, ppo, scoring
 from ..artifacts import output_root, stage_dir
 from ..evaluation import rule_rewards, rule_weights
 from ..generation import chat_prompt_texts
-from ..judging import comparison, examples, judge, kl_to_reference, question_set_comparison, verdict
+from ..judging import comparison, examples, judge, kl_to_reference, verdict
 from ..presets import Preset, field_value
 from ..training import (StageRun, begin_stage, checkpoint_key, is_main_process, measuring, save_metrics, seed_stage,
                         stage_output)
-from .alignment import (ensure_inputs, heldout_prompts, load_reward_scorer, prompt_data_report, question_set_knowledge,
+from .alignment import (ensure_inputs, heldout_prompts, judge_question_sets, load_reward_scorer, prompt_data_report,
                         sft_question_set_knowledge, training_prompts)
 
 STAGE = "ppo"
@@ -161,7 +161,7 @@ def prepare(preset: Preset, name: str = STAGE) -> StageRun:
                "data": prompt_data_report(preset)}
     with policy.disable_adapter():
         before = judge(policy, tokenizer, reward_model, reward_tokenizer, rows, preset.max_new_tokens, preset.conditions)
-    knowledge_before = sft_question_set_knowledge(preset)
+    knowledge_before = sft_question_set_knowledge(preset, policy, tokenizer)
     return StageRun(preset, STAGE, policy, tokenizer, sft_path, metrics, train_set=list(row_by_text), eval_set=rows,
                     workdir=checkpoint_dir(preset, name), checkpoints=checkpoint_dir(preset, name),
                     extras={"reward_model": reward_model, "reward_tokenizer": reward_tokenizer, "reward_fn": reward_fn,
@@ -177,8 +177,7 @@ def finish(run: StageRun, loop: ppo.PPOLoop, history: list[dict]) -> Path:
     kl = kl_to_reference(policy, tokenizer, chat_prompt_texts(tokenizer, list(rows["prompt"])),
                          config.max_new_tokens, config.temperature)
     metrics.update(comparison(x["before"], after))
-    metrics.update(question_set_comparison(x["knowledge_before"],
-                                           question_set_knowledge(preset, policy, tokenizer, x["knowledge_before"])))
+    metrics.update(judge_question_sets(preset, policy, tokenizer, x, after))
     metrics.update(
         kl_to_reference=kl,
         time_split={k: sum(h.get(k, 0.0) for h in history) for k in ("time_generate", "time_score", "time_update")},

@@ -49,15 +49,20 @@ def handwritten_questions(preset: Preset):
 
 
 KNOWLEDGE_KEYS = ("recall", "recall_en", "recall_zh", "recall_by_fact", "recall_by_lang_fact", "safety_rate", "wrong_condition_rate", "non_word_rate",
-                  "non_word_examples", "ended_with_eos", "mean_tokens", "n", "n_fact_questions", "n_red_flag_cases")
+                  "non_word_examples", "ended_with_eos", "mean_tokens", "n", "n_fact_questions", "n_red_flag_cases", "answers")
+
+
+def question_sets(preset: Preset) -> dict:
+    """The two question sets the knowledge measures use, by name (``judging.QUESTION_SETS``)."""
+    return {"heldout": heldout_questions(preset), "handwritten": handwritten_questions(preset)}
 
 
 def knowledge(model, tokenizer, preset: Preset) -> dict:
-    """The course's knowledge measures on the generated held-out questions and on the hand-written ones."""
+    """The course's knowledge measures on the generated held-out questions and on the hand-written ones, with
+    the answers themselves (the alignment stages score the SFT model's with their reward model)."""
     vocabulary = training_vocabulary(preset.conditions)
-    sets = {"heldout": heldout_questions(preset), "handwritten": handwritten_questions(preset)}
     results = {}
-    for name, rows in sets.items():
+    for name, rows in question_sets(preset).items():
         answered = recall_on_questions(model, tokenizer, rows, preset.max_new_tokens, vocabulary=vocabulary)
         results[name] = {k: answered[k] for k in KNOWLEDGE_KEYS}
         results[name]["examples"] = [(p[-1]["content"], a) for p, a in zip(rows["prompt"][:6], answered["answers"][:6])]
