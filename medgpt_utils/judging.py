@@ -1,8 +1,9 @@
 """How an aligned policy is judged against the SFT model it started from.
 
 Greedy answers to the same held-out prompts, scored by the same reward model: score, paired gain with its
-interval (on the RL prompts, on the SFT stage's question sets, and on both together: what the verdict judges), win rate, key-fact recall, urgent-care advice on red-flag cases, answers that end, and a
-Monte-Carlo KL to the SFT model. PPO, DPO, ORPO and GRPO report these numbers.
+interval (on the RL prompts, on the SFT stage's question sets, and on both together: what the verdict judges),
+win rate, key-fact recall, urgent-care advice on red-flag cases, answers that end, and a Monte-Carlo KL to the
+SFT model. PPO, DPO, ORPO and GRPO report these numbers.
 """
 
 from __future__ import annotations

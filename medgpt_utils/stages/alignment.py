@@ -91,8 +91,8 @@ def judge_question_sets(preset: Preset, policy, tokenizer, extras: dict, after: 
     before = extras["knowledge_before"]
     if before is None:
         return {}
-    knowledge_after = sft.knowledge(policy, tokenizer, preset)
-    sets = sft.question_sets(preset)
+    sets = sft.question_sets(preset)  # read once: answered, then scored
+    knowledge_after = sft.knowledge(policy, tokenizer, preset, sets)
     scored = [question_set_scores(extras["reward_model"], extras["reward_tokenizer"], sets, k) for k in (before, knowledge_after)]
     return {**question_set_comparison(before, knowledge_after), **question_set_gains(extras["before"], after, *scored)}
 

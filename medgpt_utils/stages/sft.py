@@ -57,12 +57,13 @@ def question_sets(preset: Preset) -> dict:
     return {"heldout": heldout_questions(preset), "handwritten": handwritten_questions(preset)}
 
 
-def knowledge(model, tokenizer, preset: Preset) -> dict:
-    """The course's knowledge measures on the generated held-out questions and on the hand-written ones, with
-    the answers themselves (the alignment stages score the SFT model's with their reward model)."""
+def knowledge(model, tokenizer, preset: Preset, sets: dict | None = None) -> dict:
+    """The course's knowledge measures on the generated held-out questions and on the hand-written ones
+    (``sets``: ``question_sets(preset)``, read here unless given), with the answers themselves (the alignment
+    stages score the SFT model's with their reward model)."""
     vocabulary = training_vocabulary(preset.conditions)
     results = {}
-    for name, rows in question_sets(preset).items():
+    for name, rows in (sets or question_sets(preset)).items():
         answered = recall_on_questions(model, tokenizer, rows, preset.max_new_tokens, vocabulary=vocabulary)
         results[name] = {k: answered[k] for k in KNOWLEDGE_KEYS}
         results[name]["examples"] = [(p[-1]["content"], a) for p, a in zip(rows["prompt"][:6], answered["answers"][:6])]
