@@ -163,6 +163,9 @@ class TinyArchitecture:
     vocab_size: int = knob(8000, "upper bound of the BPE vocabulary (it stops when no pair is left: 3,234 on the tiny corpus)")
     # One token per Chinese character (no merges across characters): see models.build_tiny_tokenizer.
     chinese_characters: bool = knob(False, "one token per Chinese character, no merges across characters")
+    # The PT text has most words mid-sentence only; an SFT answer opens with one ("Swelling of lips…"), which a
+    # tokenizer that never saw it spells letter by letter, and RL's sampling then misspells (EXPERIMENTS, twelfth part).
+    tokenizer_learns_dialogues: bool = knob(False, "the tokenizer also learns the SFT training dialogues' text, not only PT's")
     hidden_size: int = knob(256, "width of the residual stream")
     # Every dimension a multiple of 64: bitsandbytes' CPU 4-bit kernels (AVX-512-BF16) need N % 32 == 0.
     intermediate_size: int = knob(704, "width of the MLP (a multiple of 64: bitsandbytes' CPU 4-bit kernels need N % 32 == 0)")

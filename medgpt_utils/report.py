@@ -14,7 +14,7 @@ HEADLINE_KEYS = (
     "train_seconds", "tokens_per_second", "real_tokens_per_second", "heldout_perplexity_before",
     "heldout_perplexity_after", "cloze_before", "cloze_after", "eval_loss_before", "eval_loss_after",
     "recall_before", "recall_after", "ended_with_eos", "accuracy_before", "accuracy_after", "accuracy_by_kind",
-    "parameters", "vocab_size", "tokens_per_char", "score_before", "score_after", "score_gain", "win_rate", "peak_memory_gib",
+    "parameters", "vocab_size", "tokens_per_char", "score_before", "score_after", "score_gain", "score_gain_all_prompts", "win_rate", "peak_memory_gib",
     "urgent_care_before", "urgent_care_after", "kl_to_reference", "time_split",
 )
 
@@ -72,6 +72,14 @@ def write_report(preset: Preset, stages: list[str]) -> Path:
     return report
 
 
+def _alignment_headline(metrics: dict) -> str:
+    """The reward gain the verdict judges (the RL prompts and the question sets together, where the run scored
+    both) and the recall on the held-out questions."""
+    from .judging import judged_gain
+
+    return f"score {judged_gain(metrics)['mean']:+.2f}\nrecall {metrics['recall_heldout_after']:.2f}"
+
+
 # One line per stage for the pipeline figure (``plotting.plot_pipeline``): the number a learner looks at first.
 _HEADLINES = {
     "base": lambda m: f"{m['parameters'] / 1e6:.1f}M parameters" if isinstance(m.get("parameters"), int) else None,
@@ -79,8 +87,7 @@ _HEADLINES = {
     "vocab": lambda m: f"+{m['added_tokens']} terms",
     "sft": lambda m: f"recall {m['recall_before']:.2f} → {m['recall_after']:.2f}",
     "rm": lambda m: f"pair accuracy {m['accuracy_after']:.2f}",
-    **{method: (lambda m: f"score {m['score_gain']['mean']:+.2f}\nrecall {m['recall_heldout_after']:.2f}")
-       for method in ("ppo", "dpo", "orpo", "grpo")},
+    **{method: _alignment_headline for method in ("ppo", "dpo", "orpo", "grpo")},
 }
 
 

@@ -79,3 +79,15 @@ def test_the_optimizer_reaches_every_trainer_and_rebuilds_the_trained_stages():
     assert fingerprints.stage_fingerprint(preset, "base") == fingerprints.stage_fingerprint(fused, "base")
     assert all(fingerprints.stage_fingerprint(preset, s) != fingerprints.stage_fingerprint(fused, s)
                for s in ("pt", "sft", "rm", "dpo", "grpo"))
+
+
+def test_the_sft_data_shapes_the_base_stage_only_when_the_tokenizer_learns_the_dialogues(tmp_path):
+    preset = get_preset("tiny", verbose=False)
+    own_sft = tmp_path / "own_sft.jsonl"
+    own_sft.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n')
+
+    def base_changes(start):
+        return fingerprints.stage_fingerprint(start, "base") != fingerprints.stage_fingerprint(override(start, {"data.sft": str(own_sft)}), "base")
+
+    assert not base_changes(preset)  # the PT text alone makes the tokenizer: new SFT data keeps base and PT
+    assert base_changes(override(preset, {"tiny.tokenizer_learns_dialogues": True}))

@@ -356,3 +356,12 @@ def test_ppo_stage_draws_its_ptx_batches_from_the_sft_data_by_number(tiny_base):
         learned = tokenizer.decode(labels[labels != -100]).replace(tokenizer.eos_token, "\n")
         assert all(part.strip() in answers for part in learned.split("\n") if part.strip()), learned
         assert tokenizer.decode(ids).count("<|im_start|>user") >= 1
+
+
+def test_the_pipeline_figure_headlines_the_gain_the_verdict_judges():
+    from medgpt_utils.report import _HEADLINES
+
+    rl_prompts_only = {"score_gain": {"mean": -0.08, "low": -0.5, "high": 0.3, "n": 96}, "recall_heldout_after": 0.673}
+    both = {**rl_prompts_only, "score_gain_all_prompts": {"mean": 0.13, "low": 0.004, "high": 0.25, "n": 480}}
+    assert _HEADLINES["dpo"](both) == "score +0.13\nrecall 0.67"  # what the verdict reads, not the RL prompts alone
+    assert _HEADLINES["ppo"](rl_prompts_only) == "score -0.08\nrecall 0.67"  # a run recorded before the question sets

@@ -151,3 +151,27 @@ def test_a_stage_run_twice_gives_the_same_numbers(tiny_base, outputs, monkeypatc
         metrics = json.loads((pretrain.run(preset) / "metrics.json").read_text())
         results.append((metrics["loss_history"], metrics["heldout_loss_after"], metrics["cloze_after"]["examples"]))
     assert results[0] == results[1]
+
+
+def test_a_tokenizer_that_learns_the_dialogues_keeps_the_answers_opening_words_whole(outputs):
+    """An SFT answer opens with a capitalised word ("Swelling of lips…") that the PT text has only mid-sentence:
+    a tokenizer learnt on PT alone spells it letter by letter; one that also learns the dialogues keeps it whole."""
+    import re
+
+    from medgpt_utils.presets import get_preset, override
+    from medgpt_utils.stages import base
+    from medgpt_utils.training import stage_data
+
+    preset = get_preset("tiny", verbose=False)
+    opening_words = (re.match(r"[A-Z][a-z]+", m["content"]) for r in stage_data(preset, "sft").train
+                     for m in r["messages"] if m["role"] == "assistant")
+    openings = {word.group(0) for word in opening_words if word}
+
+    def pieces(start):
+        tokenizer = models.load_tokenizer(base.run(start))
+        return {word: len(tokenizer.tokenize(word)) for word in openings}
+
+    pt_only = pieces(preset)
+    learns = pieces(override(preset, {"tiny.tokenizer_learns_dialogues": True}))
+    assert pt_only["Swelling"] >= 3 and learns["Swelling"] == 1
+    assert all(n == 1 for n in learns.values()), {w: n for w, n in learns.items() if n > 1}

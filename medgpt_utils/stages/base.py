@@ -31,6 +31,8 @@ def run(preset: Preset) -> Path:
         if preset.base_model is None:
             pt_data = stage_data(preset, "pt")  # the tokenizer learns the text PT will train on
             corpus = [r["text"] for r in pt_data.train]
+            if preset.tiny.tokenizer_learns_dialogues:
+                corpus += [m["content"] for r in stage_data(preset, "sft").train for m in r["messages"]]
             tokenizer = models.build_tiny_tokenizer(corpus, preset.tiny.vocab_size, preset.tiny.chinese_characters)
             model = models.build_tiny_model(tokenizer, preset.tiny, seed=preset.seed)
             model.save_pretrained(out, safe_serialization=True)
