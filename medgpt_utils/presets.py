@@ -203,6 +203,9 @@ class Preset:
     full_parameter_stages: tuple[str, ...] = knob((), "stages that train every weight instead of a LoRA adapter")
     # Bundled data: the knowledge-base condition ids this preset trains and evaluates on (empty: all).
     conditions: tuple[str, ...] = knob((), "knowledge-base condition ids trained and evaluated on (empty: all 84)")
+    # A reward model trained on written pairs alone scores an answer with a list item said three times as high as the
+    # answer itself, and PPO finds that ("headache, headache, headache"): EXPERIMENTS, twelfth part.
+    reward_degenerate_pairs: float = knob(0.0, "reward model: one more training pair for this share of the pairs, its rejected answer the chosen one with a list item or a word repeated (0: none)")
     # Lengths
     block_size: int = knob(512, "continued-pretraining block length in tokens")
     max_length: int = knob(512, "SFT / RM / DPO / ORPO sequence length in tokens")

@@ -13,7 +13,7 @@ from .presets import Preset
 HEADLINE_KEYS = (
     "train_seconds", "tokens_per_second", "real_tokens_per_second", "heldout_perplexity_before",
     "heldout_perplexity_after", "cloze_before", "cloze_after", "eval_loss_before", "eval_loss_after",
-    "recall_before", "recall_after", "ended_with_eos", "accuracy_before", "accuracy_after", "accuracy_by_kind",
+    "recall_before", "recall_after", "ended_with_eos", "accuracy_before", "accuracy_after", "accuracy_by_kind", "degenerate_accuracy",
     "parameters", "vocab_size", "tokens_per_char", "score_before", "score_after", "score_gain", "score_gain_all_prompts", "win_rate", "peak_memory_gib",
     "urgent_care_before", "urgent_care_after", "kl_to_reference", "time_split",
 )

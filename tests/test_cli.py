@@ -73,6 +73,7 @@ def test_run_writes_every_stage_and_the_report(outputs, capsys, small_validation
     assert "| pt | heldout_perplexity_after |" in report.read_text()
     # the tiny preset trains its reward model in full: a whole model, no adapter (issue 26)
     assert (outputs / "tiny" / "rm" / "model.safetensors").is_file() and not (outputs / "tiny" / "rm" / "adapter").exists()
+    assert "| rm | degenerate_accuracy |" in report.read_text()  # does it see an answer that repeats itself?
     ppo_metrics = json.loads((outputs / "tiny" / "ppo" / "metrics.json").read_text())
     sft_knowledge = json.loads((outputs / "tiny" / "sft" / "metrics.json").read_text())["knowledge"]
     # the verdict sees the SFT stage's question sets: SFT's own measures before, the policy's after

@@ -228,6 +228,7 @@ def test_every_stage_trains_on_the_users_files(user_files, outputs, capsys):
     assert "recall_before" not in sft and sft["eval_loss_after"] > 0
     rm = metrics("rm")
     assert rm["accuracy_by_kind"] == {} and 0 <= rm["accuracy_after"] <= 1 and rm["data"][0]["kept"] == 200
+    assert 0 <= rm["degenerate_accuracy"] <= 1  # the user's own chosen answers, each against itself repeating a piece
     for stage in ("dpo", "ppo"):
         aligned = metrics(stage)
         (prompts,) = aligned["data"]  # judged on every 5th of the prompts carved from the user's file

@@ -175,3 +175,29 @@ def test_a_tokenizer_that_learns_the_dialogues_keeps_the_answers_opening_words_w
     learns = pieces(override(preset, {"tiny.tokenizer_learns_dialogues": True}))
     assert pt_only["Swelling"] >= 3 and learns["Swelling"] == 1
     assert all(n == 1 for n in learns.values()), {w: n for w, n in learns.items() if n > 1}
+
+
+def test_degenerate_pairs_teach_the_reward_model_that_a_repeated_piece_is_worse():
+    import random
+
+    from medgpt_utils.presets import get_preset
+    from medgpt_utils.stages.reward import repeat_a_piece, training_pairs, with_degenerate_pairs
+
+    rng = random.Random(0)
+    listed = repeat_a_piece("Common symptoms of gout include joint pain, swollen joint and red skin.", rng)
+    assert listed.endswith("skin.") and any(listed.count(item) == 3 for item in ("swollen joint", "red skin"))
+    listed = repeat_a_piece("痛风的常见症状包括关节痛、关节肿胀和皮肤发红。", rng)
+    assert listed.endswith("。") and any(listed.count(item) == 3 for item in ("关节肿胀", "皮肤发红"))
+    doubled = repeat_a_piece("See a doctor in orthopedics.", rng).split(" ")
+    assert len(doubled) == 6 and any(a == b for a, b in zip(doubled, doubled[1:]))
+    assert len(repeat_a_piece("哮喘一般应到呼吸内科就诊。", rng)) == len("哮喘一般应到呼吸内科就诊。") + 1
+
+    written = training_pairs(get_preset("tiny", verbose=False)).select(range(40))
+    assert with_degenerate_pairs(written, 0.0, 42) is written
+    more = with_degenerate_pairs(written, 0.5, 42)
+    assert len(more) == 60 and more.features == written.features
+    chosen = {str(r["chosen"]) for r in written}
+    for pair in more.select(range(40, 60)):
+        assert str(pair["chosen"]) in chosen and pair["rejected"][-1]["content"] != pair["chosen"][-1]["content"]
+        assert len(pair["rejected"][-1]["content"]) > len(pair["chosen"][-1]["content"])  # something said again
+    assert list(with_degenerate_pairs(written, 0.5, 42)["rejected"]) == list(more["rejected"])  # the seed decides

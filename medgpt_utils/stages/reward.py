@@ -8,9 +8,13 @@ held-out pairs, overall and for every kind of rejected answer.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from datasets import concatenate_datasets
+
 from .. import models
+from ..models import CJK_CHARACTER
 from ..scoring import pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
@@ -26,6 +30,53 @@ def training_pairs(preset: Preset, loaded=None):
     """The training pairs of ``data.preference`` in TRL's conversational preference format (the reward model
     reads them; DPO and ORPO do with ``preference.pair_source="data"``)."""
     return as_dataset((loaded or stage_data(preset, "preference")).train, PAIR_COLUMNS)
+
+
+def repeat_a_piece(answer: str, rng) -> str:
+    """``answer`` made degenerate the way a policy that climbs a careless reward model makes it: one list item said
+    three times ("sore throat, cough, cough, cough and fever"), or, in an answer without a list, one word (English)
+    or character (Chinese) doubled."""
+    parts = re.split(r"(, |、| and |和|或)", answer)
+    items = [i for i in range(2, len(parts), 2) if parts[i].strip()]  # not the first: it carries the sentence's start
+    if items:
+        i = rng.choice(items)
+        item, end = re.match(r"(.*?)([。.；;]?\s*)$", parts[i], re.S).groups()  # the sentence's end stays at the end
+        parts[i] = ("、" if "、" in answer else ", ").join([item] * 3) + end
+        return "".join(parts)
+    if re.search(CJK_CHARACTER, answer) and len(answer) > 1:
+        i = rng.randrange(1, len(answer))
+        return answer[:i] + answer[i] + answer[i:]
+    words = answer.split(" ")
+    i = rng.randrange(len(words))
+    return " ".join(words[:i + 1] + words[i:])
+
+
+def degenerate_pairs(pairs, rng) -> list[dict]:
+    """Each pair's prompt and chosen answer against that answer made degenerate (``repeat_a_piece``)."""
+    return [{"prompt": pair["prompt"], "chosen": pair["chosen"],
+             "rejected": [{**pair["chosen"][-1], "content": repeat_a_piece(pair["chosen"][-1]["content"], rng)}]}
+            for pair in pairs]
+
+
+def with_degenerate_pairs(pairs, share: float, seed: int):
+    """``pairs`` and, for ``share`` of them (chosen at random with ``seed``), one more pair: the same prompt and
+    chosen answer against that answer made degenerate."""
+    if share <= 0:
+        return pairs
+    import random
+
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(range(len(pairs)), round(share * len(pairs))))
+    return concatenate_datasets([pairs, as_dataset(degenerate_pairs(pairs.select(picked), rng)).cast(pairs.features)])
+
+
+def degenerate_accuracy(model, tokenizer, heldout, seed: int) -> float:
+    """How often the reward model ranks each distinct held-out chosen answer above itself made degenerate (0.5:
+    it does not see the repetition; a policy climbing it is free to repeat)."""
+    import random
+
+    distinct = {str((pair["prompt"], pair["chosen"])): pair for pair in heldout}
+    return pairwise_accuracy(model, tokenizer, as_dataset(degenerate_pairs(distinct.values(), random.Random(seed))))["accuracy"]
 
 
 def start_model_path(preset: Preset) -> Path | str:
@@ -54,7 +105,8 @@ def prepare(preset: Preset) -> StageRun:
     pairs = stage_data(preset, "preference")
     if not pairs.validation:
         raise ValueError("data.preference: no validation pairs (give data.preference_validation, or a data.validation_percent above 0)")
-    train_pairs, heldout_pairs = training_pairs(preset, pairs), as_dataset(pairs.validation)
+    train_pairs = with_degenerate_pairs(training_pairs(preset, pairs), preset.reward_degenerate_pairs, preset.seed)
+    heldout_pairs = as_dataset(pairs.validation)
     model = reward_model_to_train(preset, base_path, tokenizer.pad_token_id)
     metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model),
                "data": data_report(pairs)}
@@ -75,6 +127,7 @@ def finish(run: StageRun, trainer) -> Path:
     preset, model, metrics = run.preset, run.model, run.metrics
     after = pairwise_accuracy(model, run.tokenizer, run.eval_set)
     metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
+                   degenerate_accuracy=degenerate_accuracy(model, run.tokenizer, run.eval_set, preset.seed),
                    heldout_pairs=len(run.eval_set), loss_history=loss_history(trainer),
                    chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
     with stage_output(preset, STAGE) as out:
