@@ -45,7 +45,7 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     if "full_parameter_stages" in settings:  # a stage depends on how it trains itself (its inputs' own fingerprints
         # cover theirs): training the reward model in full leaves the PT and SFT models current
         settings["full_parameter_stages"] = stage in preset.full_parameter_stages
-    if stage == "base" and not preset.tiny.tokenizer_learns_dialogues:  # the SFT data shapes the tokenizer only
+    if stage == "base" and not (preset.tiny and preset.tiny.tokenizer_learns_dialogues):  # the SFT data shapes the tokenizer only
         # when it learns it: otherwise other SFT data leaves the base model (and PT) current
         settings = {name: value for name, value in settings.items() if not name.startswith("data.sft")}
     return settings
