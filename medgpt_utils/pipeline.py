@@ -35,7 +35,7 @@ _PREFERENCE_READS = _JUDGED + ("preference", "max_length", "max_prompt_length") 
 
 PIPELINE = (
     StageInfo("base", "build the tiny tokenizer and model (tiny preset) or name the hub base model", trains=False,
-              reads=("base_model", "tiny") + DATA_READS["pt"] + DATA_READS["sft"][:2]),
+              reads=("base_model", "tiny", "data.sft", "data.sft_validation") + DATA_READS["pt"]),
     StageInfo("pt", "continued pretraining on the medical corpus, perplexity before/after", inputs=("base",),
               reads=("pt", "block_size", "eval_question_stride") + DATA_READS["pt"]),
     StageInfo("sft", "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)", inputs=("pt",),
