@@ -166,18 +166,38 @@ def test_web_demo_with_auth_requires_the_password(tiny_chat, capsys):
 
 
 def test_web_queue_is_bounded_and_refuses_extra_requests_as_busy(tiny_chat):
-    """One reply at a time, one waiting: a third request at once is refused with gradio's busy message."""
+    """One reply at a time, one waiting: a third request while one is being answered is refused with gradio's busy
+    message. The first reply is held at its first forward pass until the others have been sent, so the order in
+    which gradio takes the first request off its queue cannot decide the outcome."""
     from gradio_client import Client
 
-    with _served(tiny_chat, max_queue=1) as url:
-        client = Client(f"{url}/", verbose=False)
-        jobs = [client.submit("What is gout?", "", 1.0, 200, api_name="/respond") for _ in range(3)]
-        outcomes = []
-        for job in jobs:
-            try:
-                outcomes.append(("answered", job.result(timeout=120)))
-            except Exception as err:  # gradio_client's QueueError
-                outcomes.append(("refused", str(err)))
+    model, _ = tiny_chat
+    first_reply_started, others_sent = threading.Event(), threading.Event()
+
+    def hold_the_first_reply(*_):
+        first_reply_started.set()
+        others_sent.wait(timeout=60)
+
+    handle = model.register_forward_hook(hold_the_first_reply)
+    try:
+        with _served(tiny_chat, max_queue=1) as url:
+            client = Client(f"{url}/", verbose=False)
+            jobs = [client.submit("What is gout?", "", 1.0, 200, api_name="/respond")]
+            assert first_reply_started.wait(timeout=60), "the first reply never started"
+            jobs += [client.submit("What is gout?", "", 1.0, 200, api_name="/respond") for _ in range(2)]
+            deadline = time.monotonic() + 60
+            while not any(job.done() for job in jobs[1:]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            others_sent.set()
+            outcomes = []
+            for job in jobs:
+                try:
+                    outcomes.append(("answered", job.result(timeout=120)))
+                except Exception as err:  # gradio_client's QueueError
+                    outcomes.append(("refused", str(err)))
+    finally:
+        others_sent.set()
+        handle.remove()
     assert sorted(kind for kind, _ in outcomes) == ["answered", "answered", "refused"], outcomes
     assert [text for kind, text in outcomes if kind == "refused"] == ["Queue is full! Please try again."]
 
