@@ -305,10 +305,10 @@ PRESETS: dict[str, Preset] = {
         # ORPO has no reference to hold it: lr 2e-4 x 1 epoch and 5e-4 x 2 left the answers where they were (KL 0.1-0.2),
         # 1e-3 x 4 drifted away (KL 22-25, recall 0.57 -> 0.3, score -2 to -2.9); notebook 05 and EXPERIMENTS.md.
         orpo=TrainKnobs(learning_rate=5e-4, batch_size=8, epochs=2),
-        # GRPO: 8 answers to each of 4 prompts per batch, each batch used for 2 updates (24 steps: 384 answers, as many
-        # as PPO's). lr 5e-4 with 1 update per batch left the policy where it was (KL 0.0; notebooks/EXPERIMENTS.md).
-        # 48 steps lost more recall on the question sets (3 runs of 6 past the verdict's tolerance, 24 steps: 2) and won
-        # none of 6 (24 steps: 1), in half the time (issue 26, thirteenth and fourteenth parts of the log).
+        # GRPO: 8 answers to each of 4 prompts per batch, each batch used for 2 updates (24 steps: 12 batches, 384
+        # answers; PPO samples 768). lr 5e-4 with 1 update per batch left the policy where it was (KL 0.0; the log).
+        # On the same six models (AVX-512 CPU), 48 steps lost more recall on the question sets (3 runs of 6 past the
+        # verdict's tolerance, 24 steps: 2) and won none (24 steps: 1), in twice the time (issue 26, thirteenth part).
         grpo=TrainKnobs(learning_rate=2e-3, batch_size=32, max_steps=24, lr_scheduler_type="constant"),
         # 32 prompts per step: fewer made the score too noisy to learn from (measured: no gain with 16)
         # 32 answers per step: 8 prompts x 4 answers, each scored against its siblings (rl.samples_per_prompt), scores
@@ -316,8 +316,9 @@ PRESETS: dict[str, Preset] = {
         # gained on one pair in three; with siblings and lr 2e-3 the gain's interval cleared 0 on two of three.
         # P16 (issue 26): 16 prompts x 4 answers per step, one pass over them (rl.ppo_epochs=1): each update sees
         # twice the samples and reuses them half as often (the seed study in notebooks/EXPERIMENTS.md). 12 steps, not 24:
-        # a random reward at PPO's KL costs 6-10 points of held-out recall, so the smaller move keeps the learner's
-        # recall (question-set recall failed 1 run of 6, at 24 steps 4 of 6) in half the time (issue 26, thirteenth part).
+        # a random reward at PPO's KL costs 6-10 points of held-out recall, so a smaller move: over nine pairs of
+        # runs on the same models, question-set recall failed 3 of 9 (24 steps: 6), wins 1 of 9 either way, with under
+        # half the KL and half the time (issue 26, thirteenth and fourteenth parts).
         ppo=TrainKnobs(learning_rate=2e-3, batch_size=64, max_steps=12, lr_scheduler_type="constant"),
         rl=RLKnobs(kl_coef=0.1, ppo_epochs=1, minibatch_size=16, samples_per_prompt=4, score_norm=True,
                    heldout_prompt_stride=1),  # all 96 held-out prompts: judging is cheap, intervals narrower
