@@ -48,6 +48,9 @@ def stage_settings(preset: Preset, stage: str) -> dict:
     if stage == "base" and not (preset.tiny and preset.tiny.tokenizer_learns_dialogues):  # the SFT data shapes the tokenizer only
         # when it learns it: otherwise other SFT data leaves the base model (and PT) current
         settings = {name: value for name, value in settings.items() if not name.startswith("data.sft")}
+    if stage == "rm" and preset.reward_kind == "classifier":  # the classifier reads neither knob: reward models built
+        # before the implicit kind existed stay current
+        settings = {name: value for name, value in settings.items() if name not in ("reward_kind", "reward_beta")}
     return settings
 
 

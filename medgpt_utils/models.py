@@ -7,6 +7,7 @@ stays off unless the caller asks for it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -207,9 +208,18 @@ def load_reward_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
 ):
-    """Load a sequence-classification model with one output: the reward score."""
+    """Load a sequence-classification model with one output: the reward score; or, from a folder that a reward stage
+    of kind "implicit" saved, the DPO-trained model and its reference as one ``scoring.ImplicitReward``."""
     from transformers import AutoModelForSequenceClassification
 
+    implicit = implicit_reward_settings(path)
+    if implicit is not None:
+        from .scoring import ImplicitReward
+
+        def causal_lm(where):
+            return load_causal_lm(where, quantization, compute_dtype, device, trust_remote_code)
+
+        return ImplicitReward(causal_lm(path), causal_lm(implicit["reference"]), implicit["beta"])
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=1, **_load_kwargs(quantization, compute_dtype, device, trust_remote_code)
     )
@@ -221,6 +231,22 @@ def load_reward_model(
     elif device == "cpu":
         keep_4bit_layers_differentiable_on_cpu(model)
     return model
+
+
+IMPLICIT_REWARD_FILE = "implicit_reward.json"
+
+
+def implicit_reward_settings(path: str | Path) -> dict | None:
+    """The reference model and beta of a reward model trained the DPO way (None: a classifier, or a hub id). A relative
+    reference is relative to the reward model's folder, so outputs can be moved together."""
+    settings_file = Path(path) / IMPLICIT_REWARD_FILE
+    if not settings_file.is_file():
+        return None
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    if not isinstance(settings.get("reference"), str) or not isinstance(settings.get("beta"), (int, float)):
+        raise ValueError(f"{settings_file}: wants a 'reference' model path and a number 'beta', got {settings}")
+    reference = Path(path) / settings["reference"]
+    return {"reference": str(reference) if reference.exists() else settings["reference"], "beta": float(settings["beta"])}
 
 
 def load_for_preset(preset: Preset, path: str | Path, reward: bool = False, pad_token_id: int | None = None):

@@ -41,7 +41,7 @@ PIPELINE = (
     StageInfo("sft", "supervised fine-tuning on single- and multi-turn dialogues (LoRA, assistant-only loss)", inputs=("pt",),
               reads=("sft", "max_length", "max_new_tokens", "eval_question_stride") + DATA_READS["sft"]),
     StageInfo("rm", "reward model: scalar head + LoRA on the SFT model, pairwise loss", causal_lm=False, inputs=("sft",),
-              reads=("rm", "max_length", "reward_base_model", "reward_degenerate_pairs") + DATA_READS["preference"]),
+              reads=("rm", "max_length", "reward_base_model", "reward_degenerate_pairs", "reward_kind", "reward_beta") + DATA_READS["preference"]),
     StageInfo("ppo", "RLHF with PPO: LoRA policy, KL leash to the SFT model, reward-model scores", aligns=True,
               inputs=("sft", "rm"), reads=("ppo", "rl", "max_new_tokens") + DATA_READS["prompts"]),
     StageInfo("dpo", "DPO: pairs of the SFT model's own answers ranked by the reward model (or the bundled pairs), "

@@ -206,6 +206,10 @@ class Preset:
     # A reward model trained on written pairs alone scores an answer with a list item said three times as high as the
     # answer itself, and PPO finds that ("headache, headache, headache"): EXPERIMENTS, twelfth part.
     reward_degenerate_pairs: float = knob(0.0, "reward model: one more training pair for this share of the pairs, its rejected answer the chosen one with a list item or a word repeated (0: none)")
+    # A scalar head on the SFT model ranks an answer about another condition right 0.77-0.83 of the time; the SFT model
+    # trained the DPO way on the same pairs, its reward read off as DPO defines it, 0.88-0.92 (EXPERIMENTS, 13th part).
+    reward_kind: str = knob("classifier", "reward model: 'classifier' (a scalar head on the SFT model, pairwise loss) or 'implicit' (the SFT model trained the DPO way on the same pairs; r = reward_beta * (log pi(a|q) - log pi_SFT(a|q)))")
+    reward_beta: float = knob(0.1, "reward model of kind 'implicit': DPO's beta in its training and in its score")
     # Lengths
     block_size: int = knob(512, "continued-pretraining block length in tokens")
     max_length: int = knob(512, "SFT / RM / DPO / ORPO sequence length in tokens")

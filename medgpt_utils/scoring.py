@@ -10,9 +10,62 @@ from collections import defaultdict
 import torch
 
 
+class ImplicitReward(torch.nn.Module):
+    """A reward model trained the DPO way (``reward_kind="implicit"``): the SFT model trained with DPO's loss on the
+    preference pairs (``policy``) and the SFT model itself (``reference``). Its score is DPO's implicit reward
+    (Rafailov et al. 2023),  r(q, a) = beta * (log pi(a | q) - log pi_ref(a | q)),  each log-probability summed over
+    the answer's tokens."""
+
+    def __init__(self, policy, reference, beta: float):
+        super().__init__()
+        self.policy, self.reference, self.beta = policy, reference, beta
+
+
+def answer_token_ids(tokenizer, conversation: list[dict]) -> tuple[list[int], int]:
+    """The conversation's token ids and where its answer (the last turn) starts: where the tokenized prompt (with the
+    generation prompt) and the tokenized conversation part, as TRL's DPO trainer splits them."""
+    def ids(messages, **kwargs):
+        return tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs), add_special_tokens=False)["input_ids"]
+
+    prompt, full = ids(conversation[:-1], add_generation_prompt=True), ids(conversation)
+    start = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+    return full, start
+
+
+def answer_logprob_sums(model, sequences: list[tuple[list[int], int]], pad_token_id: int) -> torch.Tensor:
+    """log p(answer | prompt), summed over the answer's tokens, for each (token ids, answer start) (right-padded batch)."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    answer = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, (ids, start) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        answer[row, start : len(ids)] = True
+    attention_mask = (torch.arange(width) < torch.tensor([len(ids) for ids, _ in sequences])[:, None]).long()
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None].to(device)).squeeze(-1)
+    return (logprobs * answer[:, 1:].to(device)).sum(-1).cpu()
+
+
+def implicit_reward_scores(model: ImplicitReward, tokenizer, conversations: list[list[dict]], batch_size: int) -> list[float]:
+    was_training = model.policy.training  # the reference stays in eval mode; the policy may be in training
+    model.policy.eval(), model.reference.eval()
+    scores: list[float] = []
+    for start in range(0, len(conversations), batch_size):
+        sequences = [answer_token_ids(tokenizer, c) for c in conversations[start : start + batch_size]]
+        ratio = (answer_logprob_sums(model.policy, sequences, tokenizer.pad_token_id)
+                 - answer_logprob_sums(model.reference, sequences, tokenizer.pad_token_id))
+        scores += (model.beta * ratio).tolist()
+    model.policy.train(was_training)
+    return scores
+
+
 @torch.no_grad()
 def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
-    """r(prompt, answer) for each full conversation (the last turn is the answer)."""
+    """r(prompt, answer) for each full conversation (the last turn is the answer): the scalar head's output, or, for
+    a reward model trained the DPO way, its implicit reward."""
+    if isinstance(model, ImplicitReward):
+        return implicit_reward_scores(model, tokenizer, conversations, batch_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

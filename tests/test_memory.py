@@ -43,3 +43,16 @@ def test_budgets_grow_with_batch_and_shrink_with_4bit():
     assert memory.stage_budget(override(t4, {"quantization": None}), "sft")["parts_gib"]["weights"] > \
         memory.stage_budget(t4, "sft")["parts_gib"]["weights"]
     assert memory.stage_budget(override(t4, {"gradient_checkpointing": False}), "sft")["total_gib"] > small
+
+
+def test_a_reward_model_trained_the_dpo_way_is_budgeted_as_two_models():
+    """``reward_kind="implicit"`` scores with the trained model and its reference: the reward stage holds the frozen
+    SFT model and the vocabulary's logits, PPO and GRPO two reward-model weights; colab-t4 still fits a T4."""
+    t4 = PRESETS["colab-t4"]
+    implicit = override(t4, {"reward_kind": "implicit"})
+    for stage in ("rm", "ppo", "grpo"):
+        assert memory.stage_budget(implicit, stage)["total_gib"] > memory.stage_budget(t4, stage)["total_gib"], stage
+        assert memory.stage_budget(implicit, stage)["total_gib"] < 15, stage
+    assert memory.stage_budget(implicit, "ppo")["parts_gib"]["reward_model"] == pytest.approx(
+        2 * memory.stage_budget(t4, "ppo")["parts_gib"]["reward_model"], abs=0.01)
+    assert memory.stage_budget(implicit, "sft") == memory.stage_budget(t4, "sft")

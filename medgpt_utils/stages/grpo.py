@@ -15,6 +15,7 @@ from pathlib import Path
 from ..evaluation import (key_fact_rule_scores, non_word_rule_scores, training_vocabulary, urgent_care_rule_scores,
                           wrong_condition_rule_scores)
 from ..presets import Preset
+from ..scoring import ImplicitReward, reward_scores
 from ..training import StageRun, measuring, prepared, trainer_arguments
 from . import alignment
 from .alignment import training_prompts
@@ -95,9 +96,23 @@ def prepare(preset: Preset) -> StageRun:
     return run
 
 
+def implicit_reward_function(reward_model, reward_tokenizer):
+    """A reward model trained the DPO way in TRL's reward-function signature (TRL itself scores only models with a
+    head: it reads ``logits[:, 0]``)."""
+
+    def reward_model_score(prompts, completions, **_) -> list[float]:
+        answers = [[{"role": "assistant", "content": text}] for text in completion_texts(completions)]
+        return reward_scores(reward_model, reward_tokenizer, [p + a for p, a in zip(prompts, answers)])
+
+    return reward_model_score
+
+
 def reward_functions(run: StageRun) -> list:
     """The reward model first, then each rule switched on (``rule_functions``) that the prompts can feed."""
-    return [run.extras["reward_model"]] + [f for f, _ in rule_functions(run.preset, run.train_set.column_names)]
+    reward_model = run.extras["reward_model"]
+    if isinstance(reward_model, ImplicitReward):
+        reward_model = implicit_reward_function(reward_model, run.extras["reward_tokenizer"])
+    return [reward_model] + [f for f, _ in rule_functions(run.preset, run.train_set.column_names)]
 
 
 def run(preset: Preset) -> Path:

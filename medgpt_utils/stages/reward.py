@@ -4,6 +4,10 @@ Recipe: the SFT model with a scalar head (sequence classification, ``num_labels=
 LoRA adapter reads (prompt, answer) and returns r. Trained on preference pairs with the
 pairwise (Bradley-Terry) loss  -log sigma(r_chosen - r_rejected); judged by pairwise accuracy on
 held-out pairs, overall and for every kind of rejected answer.
+
+With ``reward_kind="implicit"`` the reward model is instead the SFT model trained with DPO's loss on the same pairs,
+against the SFT model as the frozen reference; its score is DPO's implicit reward
+r = beta * (log pi(a|q) - log pi_SFT(a|q)) (``scoring.ImplicitReward``): no head, every token of the answer counts.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datasets import concatenate_datasets
 
 from .. import models
 from ..models import CJK_CHARACTER
-from ..scoring import pairwise_accuracy
+from ..scoring import ImplicitReward, pairwise_accuracy
 from ..artifacts import stage_dir
 from ..presets import Preset
 from ..training import (StageRun, as_dataset, begin_stage, build_if_stale, data_report, is_main_process, loss_history,
@@ -23,6 +27,7 @@ from ..training import (StageRun, as_dataset, begin_stage, build_if_stale, data_
 from . import sft
 
 STAGE = "rm"
+REWARD_KINDS = ("classifier", "implicit")
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
@@ -87,9 +92,19 @@ def start_model_path(preset: Preset) -> Path | str:
     return stage_dir(preset.name, sft.STAGE)
 
 
+def is_implicit(preset: Preset) -> bool:
+    """Whether the preset's reward model is trained the DPO way (``reward_kind``)."""
+    if preset.reward_kind not in REWARD_KINDS:
+        raise ValueError(f"reward_kind: {preset.reward_kind!r} is not one of {', '.join(REWARD_KINDS)}")
+    return preset.reward_kind == "implicit"
+
+
 def reward_model_to_train(preset: Preset, base_path, pad_token_id: int):
     """The start model with a fresh scalar head: every weight trainable when ``rm`` is among the preset's
-    ``full_parameter_stages``, else a LoRA adapter (QLoRA when 4-bit) with the head trained in full."""
+    ``full_parameter_stages``, else a LoRA adapter (QLoRA when 4-bit) with the head trained in full. The implicit
+    kind: the start model itself, no head (every weight, or a LoRA adapter, the same way)."""
+    if is_implicit(preset):
+        return models.load_trainable(preset, base_path, STAGE)
     if STAGE in preset.full_parameter_stages:
         return models.load_for_preset(preset, base_path, reward=True, pad_token_id=pad_token_id)
     return models.load_lora_model(preset, base_path, task_type="SEQ_CLS", pad_token_id=pad_token_id)
@@ -108,10 +123,22 @@ def prepare(preset: Preset) -> StageRun:
     train_pairs = with_degenerate_pairs(training_pairs(preset, pairs), preset.reward_degenerate_pairs, preset.seed)
     heldout_pairs = as_dataset(pairs.validation)
     model = reward_model_to_train(preset, base_path, tokenizer.pad_token_id)
-    metrics = {"stage": STAGE, "preset": preset.name, "train_pairs": len(train_pairs), "parameters": models.count_parameters(model),
-               "data": data_report(pairs)}
-    metrics["accuracy_before"] = pairwise_accuracy(model, tokenizer, heldout_pairs)["accuracy"]
-    return StageRun(preset, STAGE, model, tokenizer, base_path, metrics, train_pairs, heldout_pairs)
+    metrics = {"stage": STAGE, "preset": preset.name, "reward_kind": preset.reward_kind, "train_pairs": len(train_pairs),
+               "parameters": models.count_parameters(model), "data": data_report(pairs)}
+    run = StageRun(preset, STAGE, model, tokenizer, base_path, metrics, train_pairs, heldout_pairs)
+    if is_implicit(preset):  # the frozen SFT model: DPO's reference in training, the score's baseline after
+        run.extras["reference"] = models.load_for_preset(preset, base_path).eval().requires_grad_(False)
+    # the implicit kind scores every answer 0 before training (the model is its reference): accuracy 0
+    metrics["accuracy_before"] = pairwise_accuracy(scorer(run), tokenizer, heldout_pairs)["accuracy"]
+    return run
+
+
+def scorer(run: StageRun):
+    """What scores an answer while the stage runs: the model with its head, or, for the implicit kind, the model
+    being trained against its reference (``scoring.ImplicitReward``)."""
+    if is_implicit(run.preset):
+        return ImplicitReward(run.model, run.extras["reference"], run.preset.reward_beta)
+    return run.model
 
 
 def reward_config(run: StageRun):
@@ -121,17 +148,42 @@ def reward_config(run: StageRun):
     return trainer_arguments(RewardConfig, run.preset, run.preset.rm, run.workdir, max_length=run.preset.max_length)
 
 
+def implicit_reward_config(run: StageRun):
+    """The implicit kind's ``DPOConfig``: the preset's ``rm`` knobs, DPO's loss with ``reward_beta``."""
+    from trl import DPOConfig
+
+    return trainer_arguments(DPOConfig, run.preset, run.preset.rm, run.workdir, max_length=run.preset.max_length,
+                             beta=run.preset.reward_beta)
+
+
+def trainer(run: StageRun):
+    """The stage's trainer: TRL's ``RewardTrainer`` (pairwise loss on the head's scores), or for the implicit kind
+    its ``DPOTrainer`` against the frozen SFT model (a LoRA adapter's reference: the same model, adapter off)."""
+    from trl import DPOTrainer, RewardTrainer
+
+    if is_implicit(run.preset):
+        reference = run.extras["reference"] if STAGE in run.preset.full_parameter_stages else None
+        return DPOTrainer(model=run.model, ref_model=reference, args=implicit_reward_config(run),
+                          train_dataset=run.train_set, processing_class=run.tokenizer)
+    return RewardTrainer(model=run.model, args=reward_config(run), train_dataset=run.train_set,
+                         processing_class=run.tokenizer)
+
+
 def finish(run: StageRun, trainer) -> Path:
     """After ``trainer.train()``: pairwise accuracy after (overall and by kind of rejected answer); the adapter
     saved and merged into a standalone reward model."""
     preset, model, metrics = run.preset, run.model, run.metrics
-    after = pairwise_accuracy(model, run.tokenizer, run.eval_set)
+    after = pairwise_accuracy(scorer(run), run.tokenizer, run.eval_set)
     metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
-                   degenerate_accuracy=degenerate_accuracy(model, run.tokenizer, run.eval_set, preset.seed),
+                   degenerate_accuracy=degenerate_accuracy(scorer(run), run.tokenizer, run.eval_set, preset.seed),
                    heldout_pairs=len(run.eval_set), loss_history=loss_history(trainer),
                    chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
     with stage_output(preset, STAGE) as out:
-        if is_main_process() and STAGE in preset.full_parameter_stages:
+        if is_main_process() and is_implicit(preset):
+            models.save_trained(preset, STAGE, model, run.tokenizer, run.start_path, out)
+            save_implicit_reward_settings(preset, run.start_path, out)
+            save_metrics(out, metrics, preset, STAGE)
+        elif is_main_process() and STAGE in preset.full_parameter_stages:
             model.save_pretrained(out, safe_serialization=True)
             run.tokenizer.save_pretrained(out)
             save_metrics(out, metrics, preset, STAGE)
@@ -144,13 +196,23 @@ def finish(run: StageRun, trainer) -> Path:
     return stage_dir(preset.name, STAGE)
 
 
+def save_implicit_reward_settings(preset: Preset, start_path, out: Path) -> None:
+    """``implicit_reward.json`` beside the implicit kind's model: its reference (relative to the stage's folder when
+    local, so outputs move together) and beta (``models.implicit_reward_settings`` reads it)."""
+    import json
+    import os
+
+    reference = str(start_path)
+    if Path(start_path).exists():
+        reference = os.path.relpath(Path(start_path).resolve(), stage_dir(preset.name, STAGE).resolve())
+    (out / models.IMPLICIT_REWARD_FILE).write_text(json.dumps({"reference": reference, "beta": preset.reward_beta}) + "\n",
+                                                   encoding="utf-8")
+
+
 def run(preset: Preset) -> Path:
     """The whole stage, as ``medgpt rm`` runs it (notebook 03 takes the same steps one cell at a time)."""
-    from trl import RewardTrainer
-
     run = prepare(preset)
-    trainer = prepared(RewardTrainer(model=run.model, args=reward_config(run), train_dataset=run.train_set,
-                                     processing_class=run.tokenizer), preset, STAGE)
+    stage_trainer = prepared(trainer(run), preset, STAGE)
     with measuring(run):
-        trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
-    return finish(run, trainer)
+        stage_trainer.train(resume_from_checkpoint=run.resume_from)  # None: from the start
+    return finish(run, stage_trainer)
