@@ -171,11 +171,11 @@ def trainer(run: StageRun):
 
 def finish(run: StageRun, trainer) -> Path:
     """After ``trainer.train()``: pairwise accuracy after (overall and by kind of rejected answer); the adapter
-    saved and merged into a standalone reward model."""
-    preset, model, metrics = run.preset, run.model, run.metrics
-    after = pairwise_accuracy(scorer(run), run.tokenizer, run.eval_set)
+    saved and merged into a standalone reward model (the implicit kind: a causal LM beside ``implicit_reward.json``)."""
+    preset, model, metrics, trained = run.preset, run.model, run.metrics, scorer(run)
+    after = pairwise_accuracy(trained, run.tokenizer, run.eval_set)
     metrics.update(accuracy_after=after["accuracy"], accuracy_by_kind=after["by_kind"],
-                   degenerate_accuracy=degenerate_accuracy(scorer(run), run.tokenizer, run.eval_set, preset.seed),
+                   degenerate_accuracy=degenerate_accuracy(trained, run.tokenizer, run.eval_set, preset.seed),
                    heldout_pairs=len(run.eval_set), loss_history=loss_history(trainer),
                    chosen_scores=after["chosen_scores"], rejected_scores=after["rejected_scores"])
     with stage_output(preset, STAGE) as out:
