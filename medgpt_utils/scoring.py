@@ -23,7 +23,7 @@ class ImplicitReward(torch.nn.Module):
 
 def answer_token_ids(tokenizer, conversation: list[dict]) -> tuple[list[int], int]:
     """The conversation's token ids and where its answer (the last turn) starts: where the tokenized prompt (with the
-    generation prompt) and the tokenized conversation part, as TRL's DPO trainer splits them."""
+    generation prompt) and the tokenized conversation diverge, as TRL's DPO trainer splits them."""
     def ids(messages, **kwargs):
         return tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs), add_special_tokens=False)["input_ids"]
 
@@ -48,6 +48,7 @@ def answer_logprob_sums(model, sequences: list[tuple[list[int], int]], pad_token
 
 
 def implicit_reward_scores(model: ImplicitReward, tokenizer, conversations: list[list[dict]], batch_size: int) -> list[float]:
+    """beta * (log pi(a|q) - log pi_ref(a|q)) for each conversation, in batches of ``batch_size``."""
     was_training = model.policy.training  # the reference stays in eval mode; the policy may be in training
     model.policy.eval(), model.reference.eval()
     scores: list[float] = []
