@@ -98,7 +98,9 @@ def stage_budget(preset: Preset, stage: str) -> dict:
     knobs = getattr(preset, stage)
     length = preset.block_size if stage == "pt" else preset.max_length
     sequences = knobs.batch_size * (2 if stage in ("rm", "dpo", "orpo") else 1)  # chosen and rejected together
-    implicit = preset.reward_kind == "implicit"  # a reward model trained the DPO way scores with two causal LMs
+    implicit = preset.reward_kind == "implicit"  # a reward model trained the DPO way scores with a causal LM and its
+    # reference: two models when trained in full, one when trained as a LoRA adapter (the reference is the adapter off)
+    implicit_models = 2 if implicit and "rm" in preset.full_parameter_stages else 1
     parts = {"weights": weights_bytes(shape if stage != "rm" else reward_shape, preset),
              "lora_and_optimizer": lora_training_bytes(shape if stage != "rm" else reward_shape, preset)}
     if stage in ("ppo", "grpo"):
@@ -107,11 +109,11 @@ def stage_budget(preset: Preset, stage: str) -> dict:
         parts["activations"] = activation_bytes(shape, preset, rollouts, length)
         generating = knobs.batch_size * (preset.preference.grpo_num_generations if stage == "grpo" else 1)
         parts["kv_cache"] = kv_cache_bytes(shape, generating, length)
-        parts["reward_model"] = (2 if implicit else 1) * weights_bytes(reward_shape, preset)
+        parts["reward_model"] = implicit_models * weights_bytes(reward_shape, preset)
     else:
         parts["activations"] = activation_bytes(shape if stage != "rm" else reward_shape, preset, sequences, length,
                                                 vocab_logits=stage != "rm" or implicit)
-    if stage == "rm" and implicit:  # the frozen SFT model it is trained and scored against
+    if stage == "rm" and implicit_models == 2:  # the frozen SFT model it is trained and scored against
         parts["reference"] = weights_bytes(reward_shape, preset)
     parts["cuda_overhead"] = CUDA_OVERHEAD
     total = sum(parts.values())

@@ -209,7 +209,8 @@ def load_reward_model(
     trust_remote_code: bool = False,
 ):
     """Load a sequence-classification model with one output: the reward score; or, from a folder that a reward stage
-    of kind "implicit" saved, the DPO-trained model and its reference as one ``scoring.ImplicitReward``."""
+    of kind "implicit" saved, the DPO-trained model and its reference as one ``scoring.ImplicitReward`` (trained as
+    a LoRA adapter: one model, the reference with the adapter on top)."""
     from transformers import AutoModelForSequenceClassification
 
     implicit = implicit_reward_settings(path)
@@ -219,6 +220,12 @@ def load_reward_model(
         def causal_lm(where):
             return load_causal_lm(where, quantization, compute_dtype, device, trust_remote_code)
 
+        adapter = Path(path) / "adapter"
+        if (adapter / "adapter_config.json").is_file():  # trained as a LoRA adapter: the reference with the adapter
+            # on top, as in training (the merged copy beside it is for other tools; re-quantized it would shift scores)
+            from peft import PeftModel
+
+            return ImplicitReward(PeftModel.from_pretrained(causal_lm(implicit["reference"]), str(adapter)), None, implicit["beta"])
         return ImplicitReward(causal_lm(path), causal_lm(implicit["reference"]), implicit["beta"])
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=1, **_load_kwargs(quantization, compute_dtype, device, trust_remote_code)
@@ -317,6 +324,8 @@ def save_trained(preset: Preset, stage: str, model, tokenizer, base_path: str | 
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         return
+    for name in [n for n in getattr(model, "peft_config", {}) if n != "default"]:
+        model.delete_adapter(name)  # TRL's DPO trainer adds a frozen copy, "ref", as its reference: not the result
     model.save_pretrained(out / "adapter", safe_serialization=True)
     merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype,
                   trust_remote_code=preset.trust_remote_code, atomic=False)

@@ -80,9 +80,15 @@ def test_the_classifier_reward_models_fingerprint_ignores_the_implicit_knobs():
     assert stage_fingerprint(implicit, "ppo") != stage_fingerprint(TINY, "ppo")  # what reads the reward model follows
 
 
-def test_the_implicit_reward_stage_trains_saves_and_reloads_as_one_reward_model(tiny_base, outputs):
+# In full (the tiny preset), as a LoRA adapter, and as a QLoRA adapter on the 4-bit SFT model (the GPU presets' way)
+HOW_TRAINED = {"full": {}, "lora": {"full_parameter_stages": ("pt", "sft")},
+               "qlora": {"full_parameter_stages": ("pt", "sft"), "quantization": "4bit"}}
+
+
+@pytest.mark.parametrize("how", HOW_TRAINED)
+def test_the_implicit_reward_stage_trains_saves_and_reloads_as_one_reward_model(tiny_base, outputs, how):
     preset = override(TINY, {"reward_kind": "implicit", "rm.max_steps": 4, "rm.learning_rate": 3e-4,
-                             "data.preference_validation": str(small_heldout(outputs))})
+                             "data.preference_validation": str(small_heldout(outputs)), **HOW_TRAINED[how]})
     sft_dir = outputs / "tiny" / "sft"
     shutil.copytree(tiny_base, sft_dir)  # stand-in for the SFT model, recorded as this preset's (and so are its inputs)
     for stage in ("base", "pt"):
@@ -98,11 +104,16 @@ def test_the_implicit_reward_stage_trains_saves_and_reloads_as_one_reward_model(
     assert json.loads((out / models.IMPLICIT_REWARD_FILE).read_text()) == {"reference": "../sft", "beta": 0.1}
 
     tokenizer = models.load_tokenizer(out)
-    reloaded = models.load_reward_model(out, pad_token_id=tokenizer.pad_token_id)
+    reloaded = models.load_reward_model(out, pad_token_id=tokenizer.pad_token_id, quantization=preset.quantization)
     assert isinstance(reloaded, scoring.ImplicitReward) and reloaded.beta == 0.1
+    # an adapter scores against its own model with the adapter off: one model in memory, no second copy
+    assert (reloaded.reference is None) == (how != "full") == (out / "adapter" / "adapter_config.json").is_file()
+    assert any(type(p).__name__ == "Params4bit" for p in reloaded.policy.parameters()) == (how == "qlora")
+    assert not (out / "adapter" / "ref").exists()  # TRL's frozen copy of the adapter, its DPO reference, is not saved
     pairs = as_dataset(stage_data(preset, "preference").validation)
     again = scoring.pairwise_accuracy(reloaded, tokenizer, pairs)
     assert again["chosen_scores"] == pytest.approx(metrics["chosen_scores"], abs=1e-4)  # what was saved scores as trained
+    # (in 4 bits too: the adapter on the very weights it was trained on, not a merged copy re-quantized)
     assert any(abs(s) > 1e-6 for s in again["chosen_scores"])  # training moved it off its reference
 
     # GRPO hands TRL a function for it (TRL scores only models with a head): the same scores, in TRL's signature

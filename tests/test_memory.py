@@ -45,14 +45,20 @@ def test_budgets_grow_with_batch_and_shrink_with_4bit():
     assert memory.stage_budget(override(t4, {"gradient_checkpointing": False}), "sft")["total_gib"] > small
 
 
-def test_a_reward_model_trained_the_dpo_way_is_budgeted_as_two_models():
-    """``reward_kind="implicit"`` scores with the trained model and its reference: the reward stage holds the frozen
-    SFT model and the vocabulary's logits, PPO and GRPO two reward-model weights; colab-t4 still fits a T4."""
+def test_a_reward_model_trained_the_dpo_way_is_budgeted_as_two_models_only_when_trained_in_full():
+    """``reward_kind="implicit"`` scores with the trained model and its reference. Trained as a LoRA adapter (colab-t4)
+    the reference is the same model with the adapter off: the reward stage adds the vocabulary's logits, PPO and GRPO
+    hold one reward-model's weights as with the classifier. Trained in full, a second model everywhere."""
     t4 = PRESETS["colab-t4"]
     implicit = override(t4, {"reward_kind": "implicit"})
+    in_full = override(implicit, {"full_parameter_stages": ("rm",)})
+    assert memory.stage_budget(implicit, "rm")["total_gib"] > memory.stage_budget(t4, "rm")["total_gib"]
+    assert "reference" not in memory.stage_budget(implicit, "rm")["parts_gib"]
+    assert memory.stage_budget(in_full, "rm")["parts_gib"]["reference"] > 0
     for stage in ("rm", "ppo", "grpo"):
-        assert memory.stage_budget(implicit, stage)["total_gib"] > memory.stage_budget(t4, stage)["total_gib"], stage
-        assert memory.stage_budget(implicit, stage)["total_gib"] < 15, stage
-    assert memory.stage_budget(implicit, "ppo")["parts_gib"]["reward_model"] == pytest.approx(
-        2 * memory.stage_budget(t4, "ppo")["parts_gib"]["reward_model"], abs=0.01)
+        assert memory.stage_budget(in_full, stage)["total_gib"] > memory.stage_budget(t4, stage)["total_gib"], stage
+        assert memory.stage_budget(in_full, stage)["total_gib"] < 15, stage
+    classifier = memory.stage_budget(t4, "ppo")["parts_gib"]["reward_model"]
+    assert memory.stage_budget(implicit, "ppo")["parts_gib"]["reward_model"] == pytest.approx(classifier, abs=0.01)
+    assert memory.stage_budget(in_full, "ppo")["parts_gib"]["reward_model"] == pytest.approx(2 * classifier, abs=0.01)
     assert memory.stage_budget(implicit, "sft") == memory.stage_budget(t4, "sft")

@@ -5,9 +5,10 @@ LoRA adapter reads (prompt, answer) and returns r. Trained on preference pairs w
 pairwise (Bradley-Terry) loss  -log sigma(r_chosen - r_rejected); judged by pairwise accuracy on
 held-out pairs, overall and for every kind of rejected answer.
 
-With ``reward_kind="implicit"`` the reward model is instead the SFT model trained with DPO's loss on the same pairs,
-against the SFT model as the frozen reference; its score is DPO's implicit reward
-r = beta * (log pi(a|q) - log pi_SFT(a|q)) (``scoring.ImplicitReward``): no head, every token of the answer counts.
+With ``reward_kind="implicit"`` the reward model is instead the start model (the SFT model, or the preset's
+``reward_base_model``) trained with DPO's loss on the same pairs, against itself as the frozen reference; its score is
+DPO's implicit reward r = beta * (log pi(a|q) - log pi_ref(a|q)) (``scoring.ImplicitReward``): no head, every token of
+the answer counts. Trained as a LoRA adapter, the reference is the same model with the adapter off.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def prepare(preset: Preset) -> StageRun:
     metrics = {"stage": STAGE, "preset": preset.name, "reward_kind": preset.reward_kind, "train_pairs": len(train_pairs),
                "parameters": models.count_parameters(model), "data": data_report(pairs)}
     run = StageRun(preset, STAGE, model, tokenizer, base_path, metrics, train_pairs, heldout_pairs)
-    if is_implicit(preset):  # the frozen SFT model: DPO's reference in training, the score's baseline after
+    if is_implicit(preset) and STAGE in preset.full_parameter_stages:  # the frozen SFT model: DPO's reference in
+        # training, the score's baseline after (a LoRA adapter's reference is the same model with the adapter off)
         run.extras["reference"] = models.load_for_preset(preset, base_path).eval().requires_grad_(False)
     # the implicit kind scores every answer 0 before training (the model is its reference): accuracy 0
     metrics["accuracy_before"] = pairwise_accuracy(scorer(run), tokenizer, heldout_pairs)["accuracy"]
@@ -137,7 +139,7 @@ def scorer(run: StageRun):
     """What scores an answer while the stage runs: the model with its head, or, for the implicit kind, the model
     being trained against its reference (``scoring.ImplicitReward``)."""
     if is_implicit(run.preset):
-        return ImplicitReward(run.model, run.extras["reference"], run.preset.reward_beta)
+        return ImplicitReward(run.model, run.extras.get("reference"), run.preset.reward_beta)
     return run.model
 
 
@@ -162,8 +164,7 @@ def trainer(run: StageRun):
     from trl import DPOTrainer, RewardTrainer
 
     if is_implicit(run.preset):
-        reference = run.extras["reference"] if STAGE in run.preset.full_parameter_stages else None
-        return DPOTrainer(model=run.model, ref_model=reference, args=implicit_reward_config(run),
+        return DPOTrainer(model=run.model, ref_model=run.extras.get("reference"), args=implicit_reward_config(run),
                           train_dataset=run.train_set, processing_class=run.tokenizer)
     return RewardTrainer(model=run.model, args=reward_config(run), train_dataset=run.train_set,
                          processing_class=run.tokenizer)
