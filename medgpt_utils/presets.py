@@ -319,11 +319,12 @@ PRESETS: dict[str, Preset] = {
         # normalised. Measured on three SFT/RM pairs (notebooks/EXPERIMENTS.md, issue 14): one answer per prompt
         # gained on one pair in three; with siblings and lr 2e-3 the gain's interval cleared 0 on two of three.
         # P16 (issue 26): 16 prompts x 4 answers per step, one pass over them (rl.ppo_epochs=1): each update sees
-        # twice the samples and reuses them half as often (the seed study in notebooks/EXPERIMENTS.md). 12 steps, not 24:
-        # a random reward at PPO's KL costs 6-10 points of held-out recall, so a smaller move: over nine pairs of
-        # runs on the same models, question-set recall failed 3 of 9 (24 steps: 6), wins 1 of 9 either way, with under
-        # half the KL and half the time (issue 26, thirteenth and fourteenth parts).
-        ppo=TrainKnobs(learning_rate=2e-3, batch_size=64, max_steps=12, lr_scheduler_type="constant"),
+        # twice the samples and reuses them half as often (the seed study in notebooks/EXPERIMENTS.md). A small move: a
+        # random reward at PPO's KL costs 6-10 points of held-out recall. lr 1e-3 for 24 steps: on the study's two
+        # pairs x three RL seeds PPO won 3 of 6 with KL 0.5 and recall up on average on every question set; 0 of 6
+        # at lr 2e-3 x 12 steps (KL 1.2), 2 of 6 at 1.4e-3 x 12, 1 of 6 at 1e-3 x 12 (KL 0.2, gains inside the
+        # noise); notebooks/EXPERIMENTS.md, issue 26, sixteenth part.
+        ppo=TrainKnobs(learning_rate=1e-3, batch_size=64, max_steps=24, lr_scheduler_type="constant"),
         rl=RLKnobs(kl_coef=0.1, ppo_epochs=1, minibatch_size=16, samples_per_prompt=4, score_norm=True,
                    heldout_prompt_stride=1),  # all 96 held-out prompts: judging is cheap, intervals narrower
         preference=PreferenceKnobs(pair_sample_temperature=1.0, pair_samples_per_prompt=5, grpo_num_generations=8,
@@ -386,9 +387,11 @@ PRESETS: dict[str, Preset] = {
 
 # Training seconds of each stage as last measured, per preset: what a notebook says before it builds a missing
 # earlier stage. Tiny: `medgpt run --preset tiny` from empty outputs, 2-core x86_64 CPU, 2026-12-06 (train_seconds
-# of each metrics.json). GPU presets: not measured yet (no GPU was available to this project so far).
+# of each metrics.json); PPO since its 24 steps at learning rate 1e-3: notebook 04's run of 2026-12-07 (2-core AMD
+# EPYC without AVX-512, a slower CPU: 67 s there for the 12 steps before). GPU presets: not measured yet (no GPU was
+# available to this project so far).
 MEASURED_TRAIN_SECONDS = {
-    "tiny": {"base": 0, "pt": 146, "sft": 157, "rm": 95, "ppo": 84, "dpo": 22, "orpo": 7, "grpo": 66},
+    "tiny": {"base": 0, "pt": 146, "sft": 157, "rm": 95, "ppo": 154, "dpo": 22, "orpo": 7, "grpo": 66},
 }
 
 
