@@ -225,7 +225,8 @@ def load_reward_model(
             # on top, as in training (the merged copy beside it is for other tools; re-quantized it would shift scores)
             from peft import PeftModel
 
-            return ImplicitReward(PeftModel.from_pretrained(causal_lm(implicit["reference"]), str(adapter)), None, implicit["beta"])
+            policy = PeftModel.from_pretrained(causal_lm(implicit["reference"]), str(adapter))
+            return ImplicitReward(policy, None, implicit["beta"])
         return ImplicitReward(causal_lm(path), causal_lm(implicit["reference"]), implicit["beta"])
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=1, **_load_kwargs(quantization, compute_dtype, device, trust_remote_code)

@@ -27,6 +27,7 @@ class ImplicitReward(torch.nn.Module):
         self.policy, self.reference, self.beta = policy, reference, beta
 
     def reference_logprob_sums(self, sequences: list[tuple[list[int], int]], pad_token_id: int) -> torch.Tensor:
+        """log pi_ref(answer | prompt) of each sequence: the reference model's, or the policy's with its adapter off."""
         if self.reference is not None:
             return answer_logprob_sums(self.reference, sequences, pad_token_id)
         with self.policy.disable_adapter():
