@@ -220,7 +220,7 @@ def load_reward_model(
         def causal_lm(where):
             return load_causal_lm(where, quantization, compute_dtype, device, trust_remote_code)
 
-        adapter = Path(path) / "adapter"
+        adapter = Path(path) / ADAPTER_FOLDER
         if (adapter / "adapter_config.json").is_file():  # trained as a LoRA adapter: the reference with the adapter
             # on top, as in training (the merged copy beside it is for other tools; re-quantized it would shift scores)
             from peft import PeftModel
@@ -242,6 +242,7 @@ def load_reward_model(
 
 
 IMPLICIT_REWARD_FILE = "implicit_reward.json"
+ADAPTER_FOLDER = "adapter"  # where a LoRA stage saves its adapter, beside the merged model (read back by the implicit kind)
 
 
 def implicit_reward_settings(path: str | Path) -> dict | None:
@@ -327,8 +328,8 @@ def save_trained(preset: Preset, stage: str, model, tokenizer, base_path: str | 
         return
     for name in [n for n in getattr(model, "peft_config", {}) if n != "default"]:
         model.delete_adapter(name)  # TRL's DPO trainer adds a frozen copy, "ref", as its reference: not the result
-    model.save_pretrained(out / "adapter", safe_serialization=True)
-    merge_adapter(base_path, out / "adapter", out, dtype=preset.torch_dtype,
+    model.save_pretrained(out / ADAPTER_FOLDER, safe_serialization=True)
+    merge_adapter(base_path, out / ADAPTER_FOLDER, out, dtype=preset.torch_dtype,
                   trust_remote_code=preset.trust_remote_code, atomic=False)
 
 

@@ -16,7 +16,7 @@ class ImplicitReward(torch.nn.Module):
     (Rafailov et al. 2023),  r(q, a) = beta * (log pi(a | q) - log pi_ref(a | q)),  each log-probability summed over
     the answer's tokens.
 
-    ``reference=None``: ``policy`` is a LoRA adapter on the SFT model and the reference is the same model with the
+    ``reference=None``: ``policy`` is a LoRA adapter on its start model and the reference is that model with the
     adapter switched off. One model in memory instead of two, and on a 4-bit model the score is exactly what the
     adapter adds: a merged, re-quantized copy would put its rounding into every score."""
 
